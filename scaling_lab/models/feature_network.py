@@ -1,0 +1,129 @@
+"""One module for every feature network: a ``FeatureGraph`` (see ``graphs``) stacked
+``feature_repeats`` times, each node a ``FusionNode``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scaling_lab.models.graphs import FeatureGraph
+from scaling_lab.models.layers import activation, batch_norm, conv, head_conv
+
+FUSION_EPSILON = 1e-4
+
+
+class Resample(nn.Module):
+    """Brings one input to a node's level: 1×1 conv + BN where channels differ, then
+    nearest upsampling or max-pooling (kernel stride+1, as the official code)."""
+
+    def __init__(self, in_channels: int, out_channels: int, level_shift: int):
+        super().__init__()
+        self.project = (
+            nn.Sequential(conv(in_channels, out_channels, bias=True), batch_norm(out_channels))
+            if in_channels != out_channels
+            else nn.Identity()
+        )
+        self.level_shift = level_shift  # > 0: downsample by 2^shift; < 0: upsample
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        x = self.project(x)
+        if self.level_shift > 0:
+            stride = 2**self.level_shift
+            return F.max_pool2d(x, stride + 1, stride, padding=stride // 2)
+        if self.level_shift < 0:
+            return F.interpolate(x, size=size, mode="nearest")
+        return x
+
+
+class FusionNode(nn.Module):
+    """Fuses resampled inputs by one of the fusion rules, then activation -> (separable)
+    3×3 conv -> BN.
+
+    Rules (weights start at 1, one per input or one per input and channel):
+    ``sum`` plain sum; ``weighted`` unbounded Σ w_i·I_i; ``softmax`` Σ softmax(w)_i·I_i;
+    ``fast`` Σ relu(w_i)/(ε + Σ_j relu(w_j))·I_i.
+    """
+
+    def __init__(self, in_channels: list[int], level_shifts: list[int], channels: int, fusion: str, fusion_weights: str, separable: bool, act: str):
+        super().__init__()
+        self.resample = nn.ModuleList(Resample(c, channels, shift) for c, shift in zip(in_channels, level_shifts))
+        self.fusion = fusion
+        if fusion != "sum":
+            shape = (len(in_channels), channels) if fusion_weights == "channel" else (len(in_channels),)
+            self.weights = nn.Parameter(torch.ones(shape))
+        self.act = activation(act)
+        self.conv = head_conv(channels, channels, separable)
+        self.bn = batch_norm(channels)
+
+    def normalized_weights(self) -> torch.Tensor:
+        if self.fusion == "softmax":
+            return torch.softmax(self.weights, dim=0)
+        if self.fusion == "fast":
+            weights = torch.relu(self.weights)
+            return weights / (weights.sum(dim=0) + FUSION_EPSILON)
+        return self.weights
+
+    def forward(self, inputs: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        resampled = [resample(x, size) for resample, x in zip(self.resample, inputs)]
+        if self.fusion == "sum":
+            fused = resampled[0]
+            for x in resampled[1:]:
+                fused = fused + x
+        else:
+            weights = self.normalized_weights()
+            if weights.ndim == 2:
+                weights = weights[:, :, None, None]
+            fused = weights[0] * resampled[0]
+            for weight, x in zip(weights[1:], resampled[1:]):
+                fused = fused + weight * x
+        return self.bn(self.conv(self.act(fused)))
+
+
+class FeatureCell(nn.Module):
+    """One repeat of a feature graph."""
+
+    def __init__(self, graph: FeatureGraph, in_channels: list[int], channels: int, fusion: str, fusion_weights: str, separable: bool, act: str):
+        super().__init__()
+        self.graph = graph
+        node_levels = list(graph.levels) + [node.level for node in graph.nodes]
+        node_channels = list(in_channels) + [channels] * len(graph.nodes)
+        self.nodes = nn.ModuleList(
+            FusionNode(
+                [node_channels[i] for i in node.inputs],
+                [node.level - node_levels[i] for i in node.inputs],
+                channels,
+                fusion,
+                fusion_weights,
+                separable,
+                act,
+            )
+            for node in graph.nodes
+        )
+        self.output_ids = [graph.output_ids[level] for level in graph.levels]
+        # An input that passes through untouched (e.g. the top level of an FPN) still has to
+        # leave the cell with ``channels``.
+        self.project_outputs = nn.ModuleList(Resample(node_channels[i], channels, 0) for i in self.output_ids)
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        sizes = {level: tuple(x.shape[-2:]) for level, x in zip(self.graph.levels, features)}
+        outputs = list(features)
+        for node, module in zip(self.graph.nodes, self.nodes):
+            outputs.append(module([outputs[i] for i in node.inputs], sizes[node.level]))
+        return [project(outputs[i], ()) for project, i in zip(self.project_outputs, self.output_ids)]
+
+
+class FeatureNetwork(nn.Module):
+    """``repeats`` cells; the first one also projects backbone channels to ``channels``."""
+
+    def __init__(self, graph: FeatureGraph, in_channels: list[int], channels: int, repeats: int, fusion: str, fusion_weights: str, separable: bool, act: str):
+        super().__init__()
+        self.cells = nn.ModuleList(
+            FeatureCell(graph, in_channels if i == 0 else [channels] * len(in_channels), channels, fusion, fusion_weights, separable, act)
+            for i in range(repeats)
+        )
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        for cell in self.cells:
+            features = cell(features)
+        return features

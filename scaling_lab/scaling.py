@@ -1,0 +1,114 @@
+"""Scaling rules: the one place where channels and repeats are rounded.
+
+- EfficientNet compound scaling: depth alpha^phi, width beta^phi, resolution gamma^phi.
+- The EfficientDet heuristic: W = 64·1.35^phi, D_bifpn = 3 + phi, D_box = 3 + floor(phi/3),
+  R = 512 + 128·phi. The official D0-D7x table departs from it in places (for instance 112 and
+  224 channels instead of 104 and 232, D5 at 1280); the presets keep the table's values.
+- ``scale_detector``: multiply a detector spec's depth, width and resolution, as searches do.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from scaling_lab.errors import SpecError
+from scaling_lab.spec import BackboneSpec, DetectorSpec
+
+CHANNEL_DIVISOR = 8
+
+
+def round_channels(channels: float, width: float = 1.0, divisor: int = CHANNEL_DIVISOR) -> int:
+    """Scale channels by ``width`` and round to a multiple of ``divisor`` as the official code
+    does: nearest multiple, at least ``divisor``, bumped up once if that lost more than 10 %."""
+    target = channels * width
+    rounded = max(divisor, int(target + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * target:
+        rounded += divisor
+    return int(rounded)
+
+
+def round_repeats(repeats: int, depth: float = 1.0) -> int:
+    """Scale a repeat count by ``depth``, rounding up (the official code's ceil)."""
+    return int(math.ceil(depth * repeats))
+
+
+def snap_resolution(resolution: float, max_level: int) -> int:
+    """The nearest multiple of 2^max_level (at least one), so every pyramid level divides evenly."""
+    stride = 2**max_level
+    return max(stride, int(round(resolution / stride)) * stride)
+
+
+@dataclass(frozen=True)
+class Multipliers:
+    depth: float
+    width: float
+    resolution: float
+
+    @property
+    def flops_factor(self) -> float:
+        """FLOPs grow about depth · width² · resolution²."""
+        return self.depth * self.width**2 * self.resolution**2
+
+
+def compound_multipliers(alpha: float, beta: float, gamma: float, phi: float) -> Multipliers:
+    """EfficientNet compound scaling: depth alpha^phi, width beta^phi, resolution gamma^phi."""
+    for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+        if value < 1:
+            raise SpecError(f"{name} {value} must be at least 1 (the paper's constraint alpha, beta, gamma >= 1)")
+    return Multipliers(depth=alpha**phi, width=beta**phi, resolution=gamma**phi)
+
+
+def gamma_for(alpha: float, beta: float, target: float = 2.0) -> float:
+    """Solve alpha·beta²·gamma² = target for gamma."""
+    gamma_squared = target / (alpha * beta**2)
+    if gamma_squared < 1:
+        raise SpecError(f"alpha {alpha} and beta {beta} already exceed alpha·beta² = {target}; gamma would be < 1")
+    return math.sqrt(gamma_squared)
+
+
+def scale_backbone(base: BackboneSpec, multipliers: Multipliers) -> BackboneSpec:
+    """A backbone with depth and width multiplied and resolution scaled (rounded to an integer)."""
+    return base.replace(
+        depth=round(base.depth * multipliers.depth, 6),
+        width=round(base.width * multipliers.width, 6),
+        resolution=int(round(base.resolution * multipliers.resolution)),
+    )
+
+
+@dataclass(frozen=True)
+class EfficientDetScale:
+    channels: int
+    feature_repeats: int
+    head_repeats: int
+    resolution: int
+
+
+def efficientdet_heuristic(phi: int) -> EfficientDetScale:
+    """The EfficientDet paper's equations 1-3 (channels rounded as everywhere else)."""
+    if phi < 0:
+        raise SpecError(f"phi {phi} must be at least 0")
+    return EfficientDetScale(
+        channels=round_channels(64 * 1.35**phi),
+        feature_repeats=3 + phi,
+        head_repeats=3 + phi // 3,
+        resolution=512 + 128 * phi,
+    )
+
+
+def scale_detector(base: DetectorSpec, depth: float = 1.0, width: float = 1.0, resolution: float = 1.0) -> DetectorSpec:
+    """Multiply a detector's depth (backbone depth, feature and head repeats), width (backbone
+    width, feature channels) and resolution (snapped to a multiple of 2^max_level)."""
+    for name, value in (("depth", depth), ("width", width), ("resolution", resolution)):
+        if value <= 0:
+            raise SpecError(f"{name} multiplier {value} must be positive")
+    backbone = base.backbone.replace(
+        depth=round(base.backbone.depth * depth, 6), width=round(base.backbone.width * width, 6)
+    )
+    return base.replace(
+        backbone=backbone.to_dict(),
+        resolution=snap_resolution(base.resolution * resolution, base.max_level),
+        channels=round_channels(base.channels, width),
+        feature_repeats=round_repeats(base.feature_repeats, depth),
+        head_repeats=round_repeats(base.head_repeats, depth),
+    )

@@ -1,0 +1,162 @@
+"""A trial: spec + task + budget in, metrics out. The unit every study runs.
+
+``run_trial`` lives in ``scaling_lab.train.trainer``; this module holds the types that studies,
+reports and the command line share with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from scaling_lab.errors import ScalingLabError
+
+TASK_KINDS = ("detection", "classification")
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def _from_mapping(cls, data: Mapping[str, Any] | None, where: str):
+    """Build a frozen dataclass from a mapping, naming unknown keys and wrong types."""
+    data = dict(data or {})
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ScalingLabError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys are {', '.join(names)}")
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            data[key] = tuple(sorted(value.items()))
+        expected = type(getattr(cls(), key)) if names[key].default is not None else None
+        if expected in (int, float) and isinstance(value, bool) or expected is int and not isinstance(value, int):
+            raise ScalingLabError(f"{where}.{key}: expected an integer, got {value!r}")
+        if expected is float and not isinstance(value, (int, float)):
+            raise ScalingLabError(f"{where}.{key}: expected a number, got {value!r}")
+        if expected is bool and not isinstance(value, bool):
+            raise ScalingLabError(f"{where}.{key}: expected true or false, got {value!r}")
+        if expected is float:
+            data[key] = float(value)
+    return cls(**data)
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a trial trains on and how.
+
+    ``data`` is ``synthetic`` (the embedded generated dataset; ``synthetic`` holds its knobs as
+    sorted (key, value) pairs) or a folder: for detection ``<data>/{train,val}/images/`` with
+    ``<data>/{train,val}/annotations.json`` unless the four explicit COCO paths are given (COCO
+    2017: ``train2017/`` and ``annotations/instances_train2017.json``); for classification
+    ``<data>/{train,val}/<class name>/*``.
+
+    Training follows the official recipe where it has one: ``lr`` is the peak learning rate,
+    reached by a linear warm-up from a tenth of it over ``warmup_epochs``, then cosine decay to
+    0; weight decay skips biases and norm weights; ``grad_clip`` is a max gradient norm (0 =
+    off); ``ema`` is the decay of an exponential moving average of the weights, used for
+    validation when above 0. ``bf16`` (autocast) and ``channels_last`` apply on CUDA; CPU runs
+    in float32 unless ``bf16_cpu``. ``augment`` turns on the loader's flip and scale jitter.
+    ``adapt_num_classes``: a spec whose ``num_classes`` differs from the dataset's is trained
+    with the dataset's (and the trial says so in its notes) instead of being an error.
+    ``latency`` times the model at batch 1 on the trial's device.
+    """
+
+    kind: str = "detection"
+    data: str = "synthetic"
+    synthetic: tuple[tuple[str, Any], ...] = ()
+    train_images: str | None = None
+    train_annotations: str | None = None
+    val_images: str | None = None
+    val_annotations: str | None = None
+    batch_size: int = 16
+    optimizer: str = "sgd"
+    lr: float = 0.08
+    weight_decay: float = 4e-5
+    warmup_epochs: float = 1.0
+    grad_clip: float = 10.0
+    ema: float = 0.0
+    bf16: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    workers: int = 0
+    bf16_cpu: bool = False
+    augment: bool = True
+    adapt_num_classes: bool = True
+    latency: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in TASK_KINDS:
+            raise ScalingLabError(f"task kind {self.kind!r} is not valid; valid kinds are {', '.join(TASK_KINDS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ScalingLabError(f"task optimizer {self.optimizer!r} is not valid; valid values are {', '.join(OPTIMIZERS)}")
+        if self.batch_size < 1:
+            raise ScalingLabError(f"task batch_size {self.batch_size} must be at least 1")
+        if self.lr <= 0:
+            raise ScalingLabError(f"task lr {self.lr} must be positive")
+        if self.weight_decay < 0 or self.warmup_epochs < 0 or self.grad_clip < 0:
+            raise ScalingLabError(
+                f"task weight_decay {self.weight_decay}, warmup_epochs {self.warmup_epochs} and grad_clip "
+                f"{self.grad_clip} must be at least 0"
+            )
+        if not 0 <= self.ema < 1:
+            raise ScalingLabError(f"task ema {self.ema} must be in [0, 1) (0 = off; the official decay is 0.9998)")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None, where: str = "task") -> "Task":
+        return _from_mapping(cls, data, where)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much training a trial gets: ``epochs`` passes over at most ``max_train_images``
+    training images (all when None), validated on at most ``max_val_images``."""
+
+    epochs: int = 10
+    max_train_images: int | None = None
+    max_val_images: int | None = None
+    eval_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ScalingLabError(f"budget epochs {self.epochs} must be at least 1")
+        if not isinstance(self.eval_every, int) or self.eval_every < 1:
+            raise ScalingLabError(f"budget eval_every {self.eval_every!r} must be an integer of at least 1")
+        for name in ("max_train_images", "max_val_images"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ScalingLabError(f"budget {name} {value!r} must be a positive integer or null (all images)")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None, where: str = "budget") -> "Budget":
+        return _from_mapping(cls, data, where)
+
+
+@dataclass
+class TrialResult:
+    """What a finished trial returns; one row of a study's results table comes from it.
+
+    ``metrics`` holds the final validation metrics: detection ``AP``, ``AP50``, ``AP75``,
+    ``APs``, ``APm``, ``APl`` (COCOeval, in [0, 1]); classification ``top1``, ``top5``.
+    ``curve`` has one entry per validation: ``{"epoch": e, "train_loss": ..., <metrics>}``.
+    ``spec_hash`` is the hash of the spec the trial was given; ``notes`` says where the trial
+    departed from it (e.g. ``num_classes`` taken from the dataset) or resumed from a checkpoint.
+    """
+
+    spec_hash: str
+    seed: int
+    metrics: dict[str, float]
+    params: int
+    flops: int
+    flops_elementwise: int
+    activations: int
+    latency_ms: float | None
+    wall_time_s: float
+    curve: list[dict[str, float]] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Called after each validation with (epoch, metrics); it may raise to stop the trial
+# (optuna.TrialPruned, or Ray Tune stopping it).
+ReportCallback = Callable[[int, Mapping[str, float]], None]

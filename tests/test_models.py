@@ -1,0 +1,128 @@
+"""The builder: exact parameter counts, feature graphs as data, fusion rules, numerics modes."""
+
+import pytest
+import torch
+
+from scaling_lab.models import build_model
+from scaling_lab.models.feature_network import FusionNode
+from scaling_lab.models.graphs import GRAPHS, Node, feature_graph
+from scaling_lab.paper import OFFICIAL_PARAMS
+from scaling_lab.presets import PRESETS, preset
+from scaling_lab.spec import FUSIONS
+
+# A detector small enough to run forward and backward in well under a second on a CPU.
+TINY = preset("efficientdet-d0").replace(
+    resolution=128, channels=16, feature_repeats=2, head_repeats=1, num_classes=3,
+    backbone={"width": 0.25, "depth": 0.34, "stem_channels": 8, "resolution": 128},
+)
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", list(OFFICIAL_PARAMS))
+def test_parameter_counts_equal_the_official_code(name):
+    assert count_params(build_model(PRESETS[name])) == OFFICIAL_PARAMS[name]
+
+
+def test_bifpn_has_the_papers_eight_nodes_for_p3_to_p7():
+    graph = feature_graph("bifpn", 3, 7)
+    assert graph.nodes == (
+        Node(6, (3, 4)), Node(5, (2, 5)), Node(4, (1, 6)), Node(3, (0, 7)),
+        Node(4, (1, 7, 8)), Node(5, (2, 6, 9)), Node(6, (3, 5, 10)), Node(7, (4, 11)),
+    )
+    assert graph.output_ids == {3: 8, 4: 9, 5: 10, 6: 11, 7: 12}
+
+
+@pytest.mark.parametrize("name", list(GRAPHS))
+def test_every_graph_only_reads_earlier_nodes_and_writes_every_level(name):
+    graph = feature_graph(name, 3, 7)
+    for index, node in enumerate(graph.nodes):
+        assert all(0 <= i < 5 + index for i in node.inputs)
+        assert 3 <= node.level <= 7
+    assert set(graph.output_ids) == {3, 4, 5, 6, 7}
+
+
+def test_fpn_is_top_down_and_panet_adds_a_bottom_up_path():
+    assert [n.level for n in feature_graph("fpn", 3, 7).nodes] == [6, 5, 4, 3]
+    assert [n.level for n in feature_graph("panet", 3, 7).nodes] == [6, 5, 4, 3, 4, 5, 6, 7]
+
+
+@pytest.mark.parametrize(
+    "network, fusion", [(network, "fast") for network in GRAPHS] + [("bifpn", fusion) for fusion in FUSIONS if fusion != "fast"]
+)
+def test_every_feature_network_and_fusion_rule_gives_every_level_and_trains_every_weight(network, fusion):
+    spec = TINY.replace(feature_network=network, fusion=fusion, fusion_weights="channel" if fusion == "softmax" else "scalar")
+    model = build_model(spec)
+    class_logits, box_deltas = model(torch.randn(2, 3, 128, 128))
+    sizes = [128 // 2**level for level in range(3, 8)]
+    assert [tuple(x.shape) for x in class_logits] == [(2, 9 * 3, s, s) for s in sizes]
+    assert [tuple(x.shape) for x in box_deltas] == [(2, 9 * 4, s, s) for s in sizes]
+    (sum(x.sum() for x in class_logits) + sum(x.sum() for x in box_deltas)).backward()
+    fusion_weights = [node.weights for node in model.modules() if isinstance(node, FusionNode) and fusion != "sum"]
+    assert len(fusion_weights) == (0 if fusion == "sum" else len(model.feature_network.cells) * len(feature_graph(network, 3, 7).nodes))
+    for weights in fusion_weights:
+        assert weights.grad is not None and weights.grad.abs().sum() > 0
+
+
+def test_fusion_rules_weigh_inputs_as_the_paper_defines():
+    def node(fusion):
+        return FusionNode([4, 4], [0, 0], 4, fusion, "scalar", separable=True, act="swish")
+
+    weights = torch.tensor([3.0, -1.0])
+    fast, softmax, weighted = node("fast"), node("softmax"), node("weighted")
+    for module in (fast, softmax, weighted):
+        module.weights.data = weights.clone()
+    assert torch.allclose(fast.normalized_weights(), torch.tensor([3.0 / (3.0 + 1e-4), 0.0]))
+    assert torch.allclose(softmax.normalized_weights(), torch.softmax(weights, 0))
+    assert torch.equal(weighted.normalized_weights(), weights)
+    assert torch.equal(node("fast").weights.data, torch.ones(2))  # weights start at 1
+
+
+def test_per_channel_weights_have_one_weight_per_input_and_channel():
+    model = build_model(TINY.replace(fusion_weights="channel"))
+    node = next(m for m in model.modules() if isinstance(m, FusionNode))
+    assert node.weights.shape == (len(node.resample), TINY.channels)
+
+
+def test_d7x_reaches_p8_and_levels_can_shrink():
+    spec = TINY.replace(max_level=8, resolution=256)
+    class_logits, _ = build_model(spec).eval()(torch.randn(1, 3, 256, 256))
+    assert [x.shape[-1] for x in class_logits] == [32, 16, 8, 4, 2, 1]
+    class_logits, _ = build_model(TINY.replace(min_level=4, max_level=5, feature_network="fpn")).eval()(torch.randn(1, 3, 128, 128))
+    assert [x.shape[-1] for x in class_logits] == [8, 4]
+
+
+def test_class_bias_starts_at_the_prior():
+    model = build_model(TINY)
+    bias = model.class_head.predict[-1].bias
+    assert torch.allclose(torch.sigmoid(bias), torch.full_like(bias, 0.01))
+
+
+def test_backbone_classifier_outputs_logits():
+    spec = preset("efficientnet-b0").replace(resolution=64, num_classes=10, width=0.25, depth=0.25)
+    assert build_model(spec)(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+
+
+def test_bf16_autocast_and_channels_last_match_fp32():
+    model = build_model(TINY).eval()
+    images = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        reference = model(images)[0][0]
+        model_cl = model.to(memory_format=torch.channels_last)
+        channels_last = model_cl(images.to(memory_format=torch.channels_last))[0][0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model_cl(images.to(memory_format=torch.channels_last))[0][0]
+    assert torch.allclose(channels_last, reference, atol=1e-4)
+    assert bf16.dtype == torch.bfloat16
+    assert torch.allclose(bf16.float(), reference, atol=0.15, rtol=0.05)
+
+
+@pytest.mark.slow
+def test_compiles_with_torch_compile():
+    model = build_model(TINY).eval()
+    images = torch.randn(1, 3, 128, 128)
+    compiled = torch.compile(model, backend="aot_eager")
+    with torch.no_grad():
+        assert torch.allclose(compiled(images)[0][0], model(images)[0][0], atol=1e-5)
