@@ -1,0 +1,222 @@
+"""A COCO-format detection dataset: an images folder plus an annotation JSON (COCO 2017 itself
+or any dataset converted to its format), read with pycocotools.
+
+Category ids become contiguous labels 0..K-1 in increasing id order; ``label_to_category_id``
+and ``category_id_to_label`` map both ways so predictions can be written back for COCOeval.
+Crowd boxes are ignored, boxes partly outside the image are clipped, and empty or entirely
+outside boxes are dropped; ``stats`` counts each case. Images without any box are kept (they
+are negatives), in increasing image-id order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+
+from scaling_lab.data.store import DEFAULT_MEMORY_BUDGET_BYTES, ImageStore
+from scaling_lab.errors import ScalingLabError
+
+_MISSING_IMAGES_NAMED = 5
+
+
+@dataclass(frozen=True)
+class CocoStats:
+    """What loading the annotation file kept, ignored, dropped and clipped."""
+
+    images: int
+    annotations: int  # in the file, of every kind
+    boxes: int  # kept as training/evaluation targets
+    crowd_ignored: int
+    degenerate_dropped: int  # zero/negative width or height, or entirely outside the image
+    clipped: int  # partly outside the image, clipped to it (and kept)
+
+
+class CocoDetection:
+    """Images and their boxes; decoded images come from ``image_store`` (see :class:`DetectionLoader`).
+
+    ``coco`` is the pycocotools object of the annotation file, for ``coco.loadRes`` and ``COCOeval``.
+    """
+
+    def __init__(
+        self,
+        images_dir: str | Path,
+        annotation_file: str | Path,
+        memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+    ) -> None:
+        self.images_dir = Path(images_dir)
+        self.annotation_file = Path(annotation_file)
+        data = _read_annotation_file(self.annotation_file)
+        _check_structure(data, self.annotation_file)
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            self.coco = COCO()
+            self.coco.dataset = data
+            self.coco.createIndex()
+
+        self.label_to_category_id: list[int] = sorted(self.coco.cats)
+        self.category_id_to_label: dict[int, int] = {cat: label for label, cat in enumerate(self.label_to_category_id)}
+        self.class_names: list[str] = [str(self.coco.cats[cat].get("name", cat)) for cat in self.label_to_category_id]
+        self.image_ids: list[int] = sorted(self.coco.imgs)
+        if not self.image_ids:
+            raise ScalingLabError(f"annotation file {self.annotation_file} lists no images; a dataset needs at least one")
+        images = [self.coco.imgs[image_id] for image_id in self.image_ids]
+        paths = [self.images_dir / image["file_name"] for image in images]
+        _check_images_exist(paths, self.image_ids, self.images_dir, self.annotation_file)
+        self.image_store = ImageStore(paths, [(image["height"], image["width"]) for image in images], memory_budget_bytes)
+
+        self._boxes: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+        crowd = degenerate = clipped = 0
+        for image in images:
+            boxes, labels = [], []
+            for annotation in self.coco.imgToAnns.get(image["id"], []):
+                if annotation.get("iscrowd", 0):
+                    crowd += 1
+                    continue
+                x, y, width, height = annotation["bbox"]
+                box = [x, y, x + width, y + height]
+                inside = [min(max(value, 0.0), limit) for value, limit in zip(box, [image["width"], image["height"]] * 2)]
+                if width <= 0 or height <= 0 or inside[2] <= inside[0] or inside[3] <= inside[1]:
+                    degenerate += 1
+                    continue
+                clipped += inside != box
+                boxes.append(inside)
+                labels.append(self.category_id_to_label[annotation["category_id"]])
+            self._boxes.append(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+            self._labels.append(np.asarray(labels, dtype=np.int64))
+        self.stats = CocoStats(
+            images=len(images),
+            annotations=len(data["annotations"]),
+            boxes=sum(len(labels) for labels in self._labels),
+            crowd_ignored=crowd,
+            degenerate_dropped=degenerate,
+            clipped=clipped,
+        )
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __repr__(self) -> str:
+        return f"CocoDetection({str(self.annotation_file)!r}, images={len(self)}, classes={self.num_classes})"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_to_category_id)
+
+    def targets(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes (float32 [N, 4], xyxy in original image pixels) and labels (int64 [N]) of an image."""
+        return self._boxes[index], self._labels[index]
+
+    def coco_results(
+        self,
+        image_id: int,
+        boxes: torch.Tensor | np.ndarray | Sequence,
+        scores: torch.Tensor | np.ndarray | Sequence,
+        labels: torch.Tensor | np.ndarray | Sequence,
+        scale: float | torch.Tensor,
+    ) -> list[dict[str, Any]]:
+        """Detections of one image, boxes xyxy in input pixels, as COCO result records
+        (original-image xywh, original category ids) for ``coco.loadRes``."""
+        boxes = np.asarray(torch.as_tensor(boxes, dtype=torch.float32).cpu()).reshape(-1, 4) / float(scale)
+        scores = np.asarray(torch.as_tensor(scores, dtype=torch.float32).cpu()).reshape(-1)
+        labels = np.asarray(torch.as_tensor(labels).cpu()).reshape(-1)
+        if not len(boxes) == len(scores) == len(labels):
+            raise ScalingLabError(
+                f"detections of image {image_id}: {len(boxes)} boxes, {len(scores)} scores and "
+                f"{len(labels)} labels; there must be as many of each"
+            )
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ScalingLabError(
+                f"detections of image {image_id}: label {int(labels.min() if labels.min() < 0 else labels.max())} "
+                f"is not a class of {self.annotation_file}; valid labels are 0..{self.num_classes - 1}"
+            )
+        return [
+            {
+                "image_id": int(image_id),
+                "category_id": self.label_to_category_id[int(label)],
+                "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+                "score": float(score),
+            }
+            for (x1, y1, x2, y2), score, label in zip(boxes, scores, labels)
+        ]
+
+
+def _read_annotation_file(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as file:
+            return json.load(file)
+    except FileNotFoundError:
+        raise ScalingLabError(f"annotation file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ScalingLabError(f"annotation file {path} is a folder; expected a COCO-format JSON file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ScalingLabError(f"annotation file {path} is not valid JSON ({error})") from None
+
+
+def _check_structure(data: Any, path: Path) -> None:
+    """Every field the dataset, pycocotools and COCOeval rely on, with the right type
+    (``iscrowd`` and ``area`` default to 0 and the box area)."""
+    if not isinstance(data, dict):
+        raise ScalingLabError(f"annotation file {path}: expected a JSON object with images, annotations and categories")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ScalingLabError(f"annotation file {path}: key {key!r} is missing or not a list; COCO format needs it")
+    category_ids = _unique_ids(data["categories"], "categories", path)
+    image_ids = _unique_ids(data["images"], "images", path)
+    for image in data["images"]:
+        where = f"annotation file {path}: image {image['id']}"
+        if not isinstance(image.get("file_name"), str):
+            raise ScalingLabError(f"{where}: 'file_name' is missing or not a string")
+        for key in ("width", "height"):
+            if not _is_number(image.get(key)) or image[key] <= 0:
+                raise ScalingLabError(f"{where}: {key!r} is {image.get(key)!r}; expected a positive number of pixels")
+    _unique_ids(data["annotations"], "annotations", path)
+    for annotation in data["annotations"]:
+        where = f"annotation file {path}: annotation {annotation['id']}"
+        if annotation.get("image_id") not in image_ids:
+            raise ScalingLabError(f"{where}: image_id {annotation.get('image_id')!r} is not one of the file's images")
+        if annotation.get("category_id") not in category_ids:
+            valid = ", ".join(map(str, sorted(category_ids)))
+            raise ScalingLabError(
+                f"{where}: unknown category_id {annotation.get('category_id')!r}; valid category ids are {valid}"
+            )
+        bbox = annotation.get("bbox")
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(map(_is_number, bbox)):
+            raise ScalingLabError(f"{where}: bbox {bbox!r} must be [x, y, width, height] (4 numbers)")
+        annotation.setdefault("iscrowd", 0)  # COCOeval needs both; converted datasets often omit them
+        annotation.setdefault("area", max(bbox[2], 0) * max(bbox[3], 0))
+
+
+def _unique_ids(records: list, key: str, path: Path) -> set:
+    ids = set()
+    for position, record in enumerate(records):
+        if not isinstance(record, dict) or not isinstance(record.get("id"), int) or isinstance(record["id"], bool):
+            raise ScalingLabError(f"annotation file {path}: {key}[{position}] has no integer 'id'")
+        if record["id"] in ids:
+            raise ScalingLabError(f"annotation file {path}: {key} id {record['id']} appears twice; ids must be unique")
+        ids.add(record["id"])
+    return ids
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_images_exist(paths: list[Path], image_ids: list[int], images_dir: Path, annotation_file: Path) -> None:
+    if not images_dir.is_dir():
+        raise ScalingLabError(f"images folder {images_dir} (for {annotation_file}) does not exist or is not a folder")
+    missing = [(path, image_id) for path, image_id in zip(paths, image_ids) if not path.is_file()]
+    if not missing:
+        return
+    named = ", ".join(f"{path.name} (image id {image_id})" for path, image_id in missing[:_MISSING_IMAGES_NAMED])
+    more = f" and {len(missing) - _MISSING_IMAGES_NAMED} more" if len(missing) > _MISSING_IMAGES_NAMED else ""
+    raise ScalingLabError(
+        f"{len(missing)} image file(s) listed in {annotation_file} are missing from {images_dir}: {named}{more}"
+    )

@@ -1,0 +1,180 @@
+"""Image decoding and the batched tensor transforms shared by detection and classification.
+
+Geometry conventions (the training and evaluation code rely on them):
+
+* An image is resized once, at decode time, so that its longest side equals the resolution R
+  (``scale = R / max(height, width)``), then placed at the top-left of an R x R canvas; the
+  rest of the canvas is padding (bottom/right).
+* Images are normalized with the ImageNet mean/std; padding is 0 after normalization (the mean
+  colour), as in the official EfficientDet input pipeline.
+* Boxes are float xyxy in pixels of that canvas. Eval mode maps back to the original image by
+  ``original = input / scale``.
+* Training augmentation is one affine warp per image (horizontal flip, scale jitter, random crop
+  or pad back to R x R), done for the whole batch with ``grid_sample`` on whatever device the
+  batch lives on; boxes go through the same map.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from scaling_lab.errors import ScalingLabError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# A box cropped to less than this fraction of its area is no longer a recognisable object.
+MIN_VISIBLE_FRACTION = 0.1
+
+
+def resized_size(height: int, width: int, resolution: int) -> tuple[int, int, float]:
+    """(height, width, scale) after resizing so that the longest side equals ``resolution``."""
+    scale = resolution / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale)), scale
+
+
+def load_image_resized(
+    path: Path, resolution: int, expected_size: tuple[int, int] | None = None
+) -> tuple[np.ndarray, float]:
+    """Decode an image as RGB uint8 [h, w, 3] with its longest side = ``resolution``, and its scale.
+
+    ``expected_size`` (height, width) is what the annotation file claims; boxes are in that frame,
+    so a different size on disk is an error rather than silently misplaced boxes.
+    """
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if expected_size is not None and (height, width) != tuple(expected_size):
+                raise ScalingLabError(
+                    f"image {path} is {width}x{height} (width x height) on disk but the annotation "
+                    f"file says {expected_size[1]}x{expected_size[0]}; fix the annotation's width/height"
+                )
+            new_height, new_width, scale = resized_size(height, width, resolution)
+            image.draft("RGB", (new_width, new_height))  # JPEG: decode at a reduced size, much faster
+            image = image.convert("RGB")
+            if image.size != (new_width, new_height):
+                image = image.resize((new_width, new_height), Image.BILINEAR)
+            return np.array(image), scale  # a writable copy, for torch.from_numpy
+    except FileNotFoundError:
+        raise ScalingLabError(f"image file {path} does not exist") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ScalingLabError(f"image file {path} cannot be read as an image ({error})") from None
+
+
+def normalize_padded(pixels: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """uint8 canvases [B, 3, R, R] with content sizes [B, 2] (h, w) -> normalized float32, padding 0."""
+    std = torch.tensor(IMAGENET_STD, device=pixels.device).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=pixels.device).view(1, 3, 1, 1)
+    images = torch.addcmul(-mean / std, pixels, 1 / (255 * std))  # one pass, uint8 in, float32 out
+    for image, (height, width) in zip(images, sizes.tolist()):
+        image[:, height:] = 0
+        image[:, :, width:] = 0
+    return images
+
+
+@dataclass
+class Augmentation:
+    """Per-image random parameters of the training warp (all tensors of length B).
+
+    The warp maps a point (x, y) of the un-augmented canvas to
+    ``(scale * (width - x if flip else x) - offset_x, scale * y - offset_y)``.
+    """
+
+    flip: torch.Tensor  # bool
+    scale: torch.Tensor  # float32
+    offset_x: torch.Tensor  # float32, pixels of the scaled image cropped off at the left
+    offset_y: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "Augmentation":
+        return Augmentation(*(value.to(device) for value in (self.flip, self.scale, self.offset_x, self.offset_y)))
+
+
+def sample_augmentation(
+    sizes: torch.Tensor,
+    resolution: int,
+    generator: torch.Generator,
+    scale_range: tuple[float, float] = (0.8, 1.2),
+    flip_probability: float = 0.5,
+) -> Augmentation:
+    """Random flip, scale jitter and crop offset for content sizes [B, 2] (h, w), drawn on the CPU.
+
+    Drawing on the CPU keeps a seeded run identical whatever device the batch is on. When the
+    scaled image is larger than the canvas a random window is cropped; when smaller it stays at
+    the top-left (padding bottom/right, as in eval).
+    """
+    count = sizes.shape[0]
+    flip = torch.rand(count, generator=generator) < flip_probability
+    low, high = scale_range
+    scale = low + (high - low) * torch.rand(count, generator=generator)
+    sizes = sizes.cpu().float()
+    spare_y, spare_x = ((sizes * scale.unsqueeze(1)) - resolution).clamp(min=0).unbind(1)
+    offset_y = spare_y * torch.rand(count, generator=generator)
+    offset_x = spare_x * torch.rand(count, generator=generator)
+    return Augmentation(flip, scale, offset_x, offset_y)
+
+
+def warp_images(images: torch.Tensor, sizes: torch.Tensor, augmentation: Augmentation) -> torch.Tensor:
+    """Apply the augmentation warp to normalized canvases [B, 3, R, R] (bilinear, padding 0)."""
+    batch, _, height, width = images.shape
+    centers_x = torch.arange(width, device=images.device, dtype=torch.float32) + 0.5
+    centers_y = torch.arange(height, device=images.device, dtype=torch.float32) + 0.5
+    scale = augmentation.scale.view(-1, 1)
+    source_x = (centers_x.view(1, -1) + augmentation.offset_x.view(-1, 1)) / scale
+    source_x = torch.where(augmentation.flip.view(-1, 1), sizes[:, 1:2].float() - source_x, source_x)
+    source_y = (centers_y.view(1, -1) + augmentation.offset_y.view(-1, 1)) / scale
+    grid = torch.empty(batch, height, width, 2, device=images.device)
+    grid[..., 0] = (2 * source_x / width - 1).view(batch, 1, width)
+    grid[..., 1] = (2 * source_y / height - 1).view(batch, height, 1)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def warp_boxes(
+    boxes: torch.Tensor, labels: torch.Tensor, sizes: torch.Tensor, resolution: int, augmentation: Augmentation
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move padded boxes [B, M, 4] through the warp, clip them to the visible image and mark the
+    ones cropped to (almost) nothing as padding (label -1)."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    flip = augmentation.flip.view(-1, 1)
+    content_width = sizes[:, 1:2].float()
+    x1, x2 = torch.where(flip, content_width - x2, x1), torch.where(flip, content_width - x1, x2)
+    scale = augmentation.scale.view(-1, 1)
+    offset_x, offset_y = augmentation.offset_x.view(-1, 1), augmentation.offset_y.view(-1, 1)
+    warped = torch.stack((x1 * scale - offset_x, y1 * scale - offset_y, x2 * scale - offset_x, y2 * scale - offset_y), -1)
+    visible_width = (content_width * scale - offset_x).clamp(max=resolution)
+    visible_height = (sizes[:, 0:1].float() * scale - offset_y).clamp(max=resolution)
+    clipped = torch.stack(
+        (
+            warped[..., 0].clamp(0, resolution),
+            warped[..., 1].clamp(0, resolution),
+            torch.minimum(warped[..., 2], visible_width).clamp(min=0),
+            torch.minimum(warped[..., 3], visible_height).clamp(min=0),
+        ),
+        -1,
+    )
+    area = box_area(warped)
+    keep = (labels >= 0) & (box_area(clipped) >= MIN_VISIBLE_FRACTION * area) & (area > 0)
+    keep &= (clipped[..., 2] > clipped[..., 0]) & (clipped[..., 3] > clipped[..., 1])
+    return compact_targets(clipped, torch.where(keep, labels, -1))
+
+
+def box_area(boxes: torch.Tensor) -> torch.Tensor:
+    return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+
+
+def compact_targets(boxes: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move valid boxes (label >= 0) first, zero the padding and trim M to the most valid boxes
+    of any image (at least 1)."""
+    valid = labels >= 0
+    order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)
+    labels = torch.gather(labels, 1, order)
+    boxes = torch.gather(boxes, 1, order.unsqueeze(-1).expand(-1, -1, 4))
+    valid = labels >= 0
+    boxes = boxes * valid.unsqueeze(-1)
+    keep = max(1, int(valid.sum(1).max()))
+    return boxes[:, :keep].contiguous(), labels[:, :keep].contiguous()
