@@ -1,0 +1,245 @@
+"""The numbers behind each report section, as DataFrames: seed means, fronts, ablations, grids."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from scaling_lab import paper
+from scaling_lab.report.pareto import pareto_front
+from scaling_lab.report.run import ACCURACY_METRICS, COSTS, Run
+
+DEFAULT_FLOPS_TOLERANCE = 0.1  # a grid cell qualifies when its FLOPs ratio is within 10 % of 2^phi
+GRID_PARAMS = ("param.alpha", "param.beta", "param.gamma")
+NON_SCALING_GROUPS = ("", "grid", "ablation")
+
+
+def measured(run: Run) -> list[str]:
+    """Accuracy metrics and costs the study recorded for at least one complete trial."""
+    columns = [*ACCURACY_METRICS, *COSTS, "flops_ratio"]
+    return [c for c in columns if c in run.trials.columns and run.complete[c].notna().any()]
+
+
+def configurations(run: Run) -> pd.DataFrame:
+    """One row per configuration of complete trials: mean and standard deviation over seeds.
+
+    Columns: every measured metric/cost (mean) and ``<name>_std``, ``n_seeds``, ``seeds``,
+    ``trial_ids``, ``group``, ``summary`` (the spec fields that vary in the study), the spec and
+    ``param.*`` values, and ``on_front`` (non-dominated under the study's objectives).
+    """
+    complete = run.complete
+    if complete.empty:
+        return pd.DataFrame()
+    values = measured(run)
+    grouped = complete.groupby(["group", "config_id"], sort=False)
+    table = grouped[values].mean()
+    table = table.join(grouped[values].std(ddof=1).add_suffix("_std"))
+    table["n_seeds"] = grouped.size()
+    table["seeds"] = grouped["seed"].agg(_joined) if "seed" in complete.columns else ""
+    table["trial_ids"] = grouped["trial_id"].agg(_joined)
+    table = table.join(grouped[[*run.spec_columns, *run.param_columns]].first()).reset_index()
+    table["summary"] = table["config_id"].map(spec_summaries(run)).fillna("")
+    table["on_front"] = pareto_front(*_objective_matrix(run, table))
+    return table
+
+
+def spec_summaries(run: Run) -> pd.Series:
+    """A short label per configuration: the spec fields and search parameters that vary in the study.
+
+    Plain spec fields come first, so a ``backbone.*`` copy of one (``backbone.resolution``) is
+    dropped; the ``backbone.`` prefix is left out where no plain field has the same name.
+    """
+    plain = [c for c in run.spec_columns if not c.startswith("backbone.")]
+    columns = [*plain, *(c for c in run.spec_columns if c not in plain), *run.param_columns]
+    firsts = run.trials.groupby("config_id", sort=False)[columns].first()
+    varying, seen = [], set()
+    for column in columns:
+        values = tuple(firsts[column].astype(str))
+        if len(set(values)) > 1 and values not in seen:
+            varying.append(column)
+            seen.add(values)
+    labels = {c: c.removeprefix("backbone.") if c.removeprefix("backbone.") not in plain else c for c in varying}
+
+    def summary(row: pd.Series) -> str:
+        return ", ".join(f"{labels[c]}={_short(row[c])}" for c in varying if pd.notna(row[c])) or "base spec"
+
+    return firsts.apply(summary, axis=1)
+
+
+def _objective_matrix(run: Run, table: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    objectives = [o for o in run.study.get("objectives") or [] if o["metric"] in table.columns]
+    if not objectives:
+        objectives = [{"metric": run.main_metric, "direction": "maximize"}]
+    matrix = table[[o["metric"] for o in objectives]].to_numpy(dtype=float)
+    return matrix, [o.get("direction", "maximize") for o in objectives]
+
+
+def front_on(table: pd.DataFrame, metric: str, cost: str) -> np.ndarray:
+    """The 2-D front of mean ``metric`` (maximized) against mean ``cost`` (minimized)."""
+    return pareto_front(table[[metric, cost]].to_numpy(dtype=float), ["maximize", "minimize"])
+
+
+def state_counts(run: Run) -> dict[str, int]:
+    counts = run.trials["state"].value_counts()
+    return {state: int(counts[state]) for state in counts.index}
+
+
+def best_trials(run: Run, count: int = 5) -> pd.DataFrame:
+    """The complete trials with the highest main metric that recorded a training curve."""
+    if "curve" not in run.trials.columns:
+        return run.complete.iloc[0:0]
+    with_curve = run.complete[run.complete["curve"].map(lambda text: bool(parse_curve(text)))]
+    return with_curve.sort_values(run.main_metric, ascending=False).head(count)
+
+
+def parse_curve(text: Any) -> list[dict[str, Any]]:
+    """The per-epoch records of a trial's ``curve`` JSON; empty when absent or unreadable."""
+    if not isinstance(text, str) or not text:
+        return []
+    try:
+        curve = json.loads(text)
+    except json.JSONDecodeError:
+        return []
+    return [point for point in curve if isinstance(point, dict) and "epoch" in point] if isinstance(curve, list) else []
+
+
+def ablation_table(run: Run, configs: pd.DataFrame) -> pd.DataFrame:
+    """EfficientDet Table 5 in our data: one row per feature network and fusion rule.
+
+    Params and FLOPs are ratios to the repeated top-down FPN (``feature_network == 'fpn'``);
+    without an FPN configuration the ratio columns are NaN.
+    """
+    if "feature_network" not in configs.columns or configs["feature_network"].nunique() < 2:
+        return pd.DataFrame()
+    rows = configs[configs["group"] == "ablation"] if (configs["group"] == "ablation").any() else configs
+    rows = rows.copy()
+    if "fusion" not in rows.columns:
+        rows["fusion"] = ""
+    baseline = rows[rows["feature_network"] == paper.FEATURE_NETWORK_BASELINE]
+    for cost in ("params", "flops"):
+        if cost in rows.columns:
+            reference = baseline[cost].iloc[0] if not baseline.empty else math.nan
+            rows[f"{cost}_ratio"] = rows[cost] / reference
+    rows["paper_name"] = [
+        getattr(paper.feature_network_row(network, fusion), "name", "")
+        for network, fusion in zip(rows["feature_network"], rows["fusion"])
+    ]
+    order = {row.name: index for index, row in enumerate(paper.FEATURE_NETWORKS)}
+    rows["_order"] = rows["paper_name"].map(order).fillna(len(order))
+    return rows.sort_values(["_order", "feature_network", "fusion"]).drop(columns="_order").reset_index(drop=True)
+
+
+def fusion_pairs(run: Run, configs: pd.DataFrame) -> pd.DataFrame:
+    """EfficientDet Table 6 in our data: configurations that differ only by softmax vs fast fusion."""
+    if "fusion" not in configs.columns:
+        return pd.DataFrame()
+    others = ["group", *(c for c in run.spec_columns if c != "fusion" and c in configs.columns)]
+    key = configs[others].astype(str).agg("|".join, axis=1) if others else pd.Series("", index=configs.index)
+    softmax = configs[configs["fusion"] == "softmax"].assign(_key=key)
+    fast = configs[configs["fusion"] == "fast"].assign(_key=key)
+    pairs = softmax.merge(fast, on="_key", suffixes=("_softmax", "_fast"))
+    if pairs.empty:
+        return pairs
+    metric = run.main_metric
+    table = pd.DataFrame(
+        {
+            "configuration": pairs["summary_fast"].str.replace(r"fusion=fast(, )?", "", regex=True),
+            f"{metric}_softmax": pairs[f"{metric}_softmax"],
+            f"{metric}_fast": pairs[f"{metric}_fast"],
+        }
+    )
+    if "latency_ms" in configs.columns:
+        table["latency_ms_softmax"] = pairs["latency_ms_softmax"]
+        table["latency_ms_fast"] = pairs["latency_ms_fast"]
+        table["speedup"] = pairs["latency_ms_softmax"] / pairs["latency_ms_fast"]
+    return table
+
+
+def compound_grid(run: Run, configs: pd.DataFrame) -> pd.DataFrame:
+    """The alpha/beta/gamma grid cells with their FLOPs ratio and whether they meet the FLOPs target.
+
+    The ratio is the measured ``flops_ratio`` where recorded, else the nominal
+    alpha·beta²·gamma² raised to phi. The target is 2^phi within the study's ``flops_tolerance``.
+    """
+    if not all(p in configs.columns for p in GRID_PARAMS):
+        return pd.DataFrame()
+    grid = configs.dropna(subset=list(GRID_PARAMS)).copy()
+    if (grid["group"] == "grid").any():
+        grid = grid[grid["group"] == "grid"].copy()
+    if len(grid) < 2:
+        return pd.DataFrame()
+    phi = grid["param.phi"].fillna(1.0) if "param.phi" in grid.columns else pd.Series(1.0, index=grid.index)
+    nominal = (grid["param.alpha"] * grid["param.beta"] ** 2 * grid["param.gamma"] ** 2) ** phi
+    measured_ratio = grid["flops_ratio"] if "flops_ratio" in grid.columns else pd.Series(math.nan, index=grid.index)
+    grid["grid_flops_ratio"] = measured_ratio.fillna(nominal)
+    grid["target_ratio"] = paper.COMPOUND_FLOPS_BASE**phi
+    tolerance = flops_tolerance(run)
+    grid["within_tolerance"] = (grid["grid_flops_ratio"] / grid["target_ratio"] - 1).abs() <= tolerance
+    return grid.reset_index(drop=True)
+
+
+def derived_coefficients(run: Run, grid: pd.DataFrame) -> pd.Series | None:
+    """The best grid cell (main metric) among those within the FLOPs tolerance, if any."""
+    eligible = grid[grid["within_tolerance"]] if not grid.empty else grid
+    if eligible.empty:
+        return None
+    return eligible.loc[eligible[run.main_metric].idxmax()]
+
+
+def flops_tolerance(run: Run) -> float:
+    """``flops_tolerance`` from the study YAML (at any depth), else the default."""
+
+    def find(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "flops_tolerance" in node:
+                return node["flops_tolerance"]
+            return next((v for v in map(find, node.values()) if v is not None), None)
+        return None
+
+    try:
+        value = find(yaml.safe_load(run.study.get("study_yaml") or "") or {})
+    except yaml.YAMLError:
+        value = None
+    return float(value) if isinstance(value, (int, float)) else DEFAULT_FLOPS_TOLERANCE
+
+
+def scaling_groups(configs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Scaling curves: each ``group`` other than grid/ablation with two or more configurations, by FLOPs."""
+    if configs.empty or "flops" not in configs.columns:
+        return {}
+    curves = {}
+    for group, rows in configs.groupby("group", sort=True):
+        rows = rows.dropna(subset=["flops"])
+        if group not in NON_SCALING_GROUPS and len(rows) >= 2:
+            curves[str(group)] = rows.sort_values("flops")
+    return curves
+
+
+def scaling_gains(run: Run, curves: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per scaling group, its largest model against the smallest model of all groups (the shared baseline)."""
+    metric = run.main_metric
+    baseline = min((rows.iloc[0] for rows in curves.values()), key=lambda row: row["flops"])
+    return pd.DataFrame(
+        [
+            {
+                "group": group,
+                "summary": rows.iloc[-1]["summary"],
+                "flops_ratio": rows.iloc[-1]["flops"] / baseline["flops"],
+                "gain": rows.iloc[-1][metric] - baseline[metric],
+            }
+            for group, rows in curves.items()
+        ]
+    )
+
+
+def _joined(values: pd.Series) -> str:
+    return ", ".join(str(int(v)) if isinstance(v, float) and v.is_integer() else str(v) for v in values)
+
+
+def _short(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)

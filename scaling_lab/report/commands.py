@@ -1,0 +1,22 @@
+"""The ``report`` subcommand."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from scaling_lab.report import resolve_run_dir, write_report
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    report = subparsers.add_parser("report", help="write a study's HTML report (Pareto fronts, ablations, scaling, paper comparison)")
+    report.add_argument("study", help="a study YAML (its run folder is runs/<name>) or a run folder")
+    report.add_argument("--out", type=Path, help="folder for the report (default reports/<study>)")
+    report.add_argument("--no-png", action="store_true", help="skip the PNG figures (they need kaleido and a Chromium)")
+    report.set_defaults(func=report_command)
+
+
+def report_command(args: argparse.Namespace) -> int:
+    index = write_report(resolve_run_dir(args.study), args.out, png=not args.no_png)
+    print(index)
+    return 0

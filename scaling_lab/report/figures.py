@@ -1,0 +1,167 @@
+"""The report's plotly figures; each builder gets data that has points (sections check first)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from scaling_lab.report.analysis import front_on, parse_curve
+from scaling_lab.report.run import ACCURACY_METRICS, Run
+
+COST_AXES = {
+    "flops": ("FLOPs (multiply-adds, log)", "log"),
+    "params": ("parameters", "linear"),
+    "activations": ("activations", "linear"),
+    "latency_ms": ("measured latency (ms)", "linear"),
+}
+FRONT_COLOR, OTHER_COLOR = "#1f5fa8", "#8a8f98"
+LAYOUT = dict(template="plotly_white", height=430, margin=dict(l=60, r=20, t=50, b=50), font=dict(family="sans-serif"))
+
+
+def scale(metric: str) -> float:
+    """Accuracy metrics are stored as fractions and shown as percentages, like the papers."""
+    return 100.0 if metric in ACCURACY_METRICS else 1.0
+
+
+def axis_title(metric: str) -> str:
+    return f"{metric} (%)" if metric in ACCURACY_METRICS else metric
+
+
+def human(value: float) -> str:
+    """1.2B / 3.4M / 5.6k / 7.89, for hover text and tables."""
+    if pd.isna(value):
+        return "–"
+    for factor, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def hover_texts(run: Run, configs: pd.DataFrame) -> list[str]:
+    metric, factor = run.main_metric, scale(run.main_metric)
+    texts = []
+    for _, row in configs.iterrows():
+        spread = f" ± {row[metric + '_std'] * factor:.2f}" if pd.notna(row.get(metric + "_std")) else ""
+        costs = ", ".join(f"{cost} {human(row[cost])}" for cost in COST_AXES if cost in row and pd.notna(row[cost]))
+        texts.append(
+            f"<b>{row['summary']}</b><br>{metric} {row[metric] * factor:.2f}{spread}"
+            f" (n={row['n_seeds']})<br>{costs}<br>group {row['group'] or '–'} · config {row['config_id']}"
+            f"<br>seeds {row['seeds']} · trials {row['trial_ids']}"
+        )
+    return texts
+
+
+def pareto_figure(run: Run, configs: pd.DataFrame, cost: str) -> go.Figure:
+    """Mean main metric against mean ``cost`` per configuration; the 2-D front as a line."""
+    metric, factor = run.main_metric, scale(run.main_metric)
+    points = configs.dropna(subset=[metric, cost]).copy()
+    points["hover"] = hover_texts(run, points)
+    points["front"] = front_on(points, metric, cost)
+    figure = go.Figure()
+    for on_front, name, color, opacity in ((False, "dominated", OTHER_COLOR, 0.35), (True, "Pareto front", FRONT_COLOR, 1.0)):
+        subset = points[points["front"] == on_front].sort_values(cost)
+        if subset.empty:
+            continue
+        figure.add_trace(
+            go.Scatter(
+                x=subset[cost],
+                y=subset[metric] * factor,
+                error_y=dict(type="data", array=subset[metric + "_std"] * factor, thickness=1) if metric + "_std" in subset else None,
+                mode="lines+markers" if on_front else "markers",
+                line=dict(color=color),
+                marker=dict(color=color, size=9),
+                opacity=opacity,
+                name=name,
+                hovertext=subset["hover"],
+                hoverinfo="text",
+            )
+        )
+    title, axis_type = COST_AXES[cost]
+    figure.update_layout(title=f"{metric} vs {title.split(' (')[0]}", xaxis=dict(title=title, type=axis_type), yaxis_title=axis_title(metric), **LAYOUT)
+    return figure
+
+
+def grid_heatmap(run: Run, grid: pd.DataFrame, chosen: pd.Series | None) -> go.Figure:
+    """Accuracy over alpha × beta (gamma derived), each cell annotated with gamma and its FLOPs ratio."""
+    metric, factor = run.main_metric, scale(run.main_metric)
+    best = grid.sort_values(metric).drop_duplicates(["param.alpha", "param.beta"], keep="last")
+    z = best.pivot(index="param.beta", columns="param.alpha", values=metric) * factor
+    label = best.assign(
+        label=[
+            f"{row[metric] * factor:.1f}<br>γ={row['param.gamma']:g}<br>×{row['grid_flops_ratio']:.2f} FLOPs{' ✓' if row['within_tolerance'] else ''}"
+            for _, row in best.iterrows()
+        ]
+    ).pivot(index="param.beta", columns="param.alpha", values="label")
+    figure = go.Figure(
+        go.Heatmap(
+            x=[f"{a:g}" for a in z.columns],
+            y=[f"{b:g}" for b in z.index],
+            z=z.to_numpy(),
+            text=label.to_numpy(),
+            texttemplate="%{text}",
+            colorscale="Viridis",
+            colorbar=dict(title=axis_title(metric)),
+            hovertemplate="alpha %{x}, beta %{y}<br>%{text}<extra></extra>",
+        )
+    )
+    if chosen is not None:
+        figure.add_trace(
+            go.Scatter(
+                x=[f"{chosen['param.alpha']:g}"],
+                y=[f"{chosen['param.beta']:g}"],
+                mode="markers",
+                marker=dict(symbol="square-open", size=70, color="white", line=dict(width=3)),
+                name="derived coefficients",
+                hoverinfo="skip",
+            )
+        )
+    figure.update_layout(
+        title="Compound-scaling grid (✓: FLOPs ratio within tolerance of 2^phi)",
+        xaxis_title="alpha (depth)",
+        yaxis_title="beta (width)",
+        showlegend=False,
+        **LAYOUT,
+    )
+    return figure
+
+
+def scaling_figure(run: Run, curves: dict[str, pd.DataFrame]) -> go.Figure:
+    """Accuracy against FLOPs for compound scaling and each single-dimension scaling."""
+    metric, factor = run.main_metric, scale(run.main_metric)
+    figure = go.Figure()
+    for group, rows in curves.items():
+        figure.add_trace(
+            go.Scatter(
+                x=rows["flops"],
+                y=rows[metric] * factor,
+                error_y=dict(type="data", array=rows[metric + "_std"] * factor, thickness=1) if metric + "_std" in rows else None,
+                mode="lines+markers",
+                name=group,
+                line=dict(width=3 if group == "compound" else 1.5),
+                hovertext=hover_texts(run, rows),
+                hoverinfo="text",
+            )
+        )
+    figure.update_layout(title=f"Scaling: {metric} vs FLOPs by scaling rule", xaxis=dict(title=COST_AXES["flops"][0], type="log"), yaxis_title=axis_title(metric), **LAYOUT)
+    return figure
+
+
+def training_curves_figure(run: Run, best: pd.DataFrame) -> go.Figure:
+    """Training loss and the main metric per epoch for the best trials."""
+    metric, factor = run.main_metric, scale(run.main_metric)
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("training loss", f"validation {metric}"))
+    for index, (_, trial) in enumerate(best.iterrows()):
+        curve = pd.DataFrame(parse_curve(trial["curve"]))
+        name = f"trial {trial['trial_id']:g} (seed {trial.get('seed', '–'):g})"
+        color = f"hsl({index * 360 // max(len(best), 1)}, 60%, 45%)"
+        for column, col, multiplier in (("train_loss", 1, 1.0), (metric, 2, factor)):
+            if column in curve:
+                figure.add_trace(
+                    go.Scatter(x=curve["epoch"], y=curve[column] * multiplier, mode="lines+markers", name=name,
+                               legendgroup=name, showlegend=col == 1, line=dict(color=color)),
+                    row=1, col=col,
+                )
+    figure.update_xaxes(title_text="epoch")
+    figure.update_layout(title=f"Training curves of the {len(best)} best trials", **LAYOUT)
+    return figure

@@ -1,0 +1,276 @@
+"""The report's sections; each is added only when the study's data supports it."""
+
+from __future__ import annotations
+
+import datetime
+import html
+from typing import Any
+
+import pandas as pd
+
+from scaling_lab import paper
+from scaling_lab.report import analysis, figures
+from scaling_lab.report.figures import human, scale
+from scaling_lab.report.html import Page, definitions, paragraph, preformatted, side_by_side, table
+from scaling_lab.report.run import ACCURACY_METRICS, COSTS, Run
+
+PAPER_EXPERIMENTS = ("fpn_ablation", "fusion_ablation", "compound_grid", "pareto")
+
+
+def text(value: Any) -> str:
+    return "–" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
+
+
+def number(digits: int = 3) -> Any:
+    return lambda value: "–" if pd.isna(value) else f"{value:.{digits}g}"
+
+
+def ratio(value: float) -> str:
+    return "–" if pd.isna(value) else f"{value:.2f}x"
+
+
+def percent(metric: str) -> Any:
+    factor = scale(metric)
+    return lambda value: "–" if pd.isna(value) else f"{value * factor:.2f}"
+
+
+def mean_std(frame: pd.DataFrame, metric: str) -> pd.Series:
+    factor = scale(metric)
+    std = frame.get(metric + "_std", pd.Series(float("nan"), index=frame.index))
+    return pd.Series(
+        [f"{m * factor:.2f}" + (f" ± {s * factor:.2f}" if pd.notna(s) else "") if pd.notna(m) else "–" for m, s in zip(frame[metric], std)],
+        index=frame.index,
+    )
+
+
+def build_page(run: Run) -> Page:
+    page = Page(f"scaling-lab report: {run.name}")
+    configs = analysis.configurations(run)
+    add_pareto(page, run, configs)
+    add_ablation(page, run, configs)
+    add_fusion(page, run, configs)
+    add_compound(page, run, configs)
+    add_training_curves(page, run)
+    add_paper(page, run, configs)
+    add_trials(page, run)
+    add_provenance(page, run)
+    return page
+
+
+def header(run: Run) -> str:
+    counts = analysis.state_counts(run)
+    planned = run.study.get("planned_trials")
+    done = ", ".join(f"{n} {state}" for state, n in counts.items())
+    parts = [f"<h1>{html.escape(run.name)}</h1>", paragraph(f"{len(run.trials)} trials recorded ({done})" + (f" of {planned} planned" if planned else "") + f"; main metric {run.main_metric}.")]
+    if not run.finished:
+        parts.append(paragraph("Partial results: the study was still running when this report was made.", "banner"))
+    return "\n".join(parts)
+
+
+def add_pareto(page: Page, run: Run, configs: pd.DataFrame) -> None:
+    metric = run.main_metric
+    costs = [c for c in COSTS if c in configs.columns and configs.dropna(subset=[metric, c]).shape[0] > 0]
+    if configs.empty or not costs:
+        return
+    seeds = int(configs["n_seeds"].max())
+    objectives = ", ".join(f"{o['metric']} ({o['direction']})" for o in run.study.get("objectives") or [])
+    columns = {
+        "summary": ("configuration", text),
+        "group": ("group", text),
+        "n_seeds": ("seeds", lambda v: f"{v:g}"),
+        "metric_text": (f"{metric} mean ± sd (%)" if metric in ACCURACY_METRICS else metric, text),
+        **{c: (c, human) for c in costs},
+    }
+    front = configs[configs["on_front"]].sort_values(costs[0]).assign(metric_text=lambda f: mean_std(f, metric))
+    page.add(
+        "pareto",
+        "Pareto fronts",
+        paragraph(
+            f"Each point is one configuration: the mean over its seeds (up to {seeds}), error bars one standard deviation; "
+            "fronts are computed on the means. Faint points are dominated. Trials that did not complete are counted and listed under Trials."
+        ),
+        *(page.figure(figures.pareto_figure(run, configs, cost)) for cost in costs),
+        f"<h3>Configurations on the front of all objectives ({html.escape(objectives or metric)})</h3>",
+        table(front, columns, sortable=True),
+    )
+
+
+def add_ablation(page: Page, run: Run, configs: pd.DataFrame) -> None:
+    rows = analysis.ablation_table(run, configs)
+    if rows.empty:
+        return
+    metric = run.main_metric
+    rows["metric_text"] = mean_std(rows, metric)
+    columns = {
+        "feature_network": ("feature network", text),
+        "fusion": ("fusion", text),
+        "paper_name": ("paper's name", text),
+        "metric_text": (f"{metric} (%)", text),
+        "params_ratio": ("#params ratio", ratio),
+        "flops_ratio": ("#FLOPs ratio", ratio),
+    }
+    if "latency_ms" in rows.columns:
+        columns["latency_ms"] = ("latency (ms)", number())
+    note = "Ratios are relative to the repeated top-down FPN." if rows["params_ratio"].notna().any() else "The study has no repeated-FPN configuration, so no ratios."
+    page.add("ablation", "Feature-network ablation (EfficientDet Table 5 form)", paragraph(note), table(rows, columns, sortable=True))
+
+
+def add_fusion(page: Page, run: Run, configs: pd.DataFrame) -> None:
+    pairs = analysis.fusion_pairs(run, configs)
+    if pairs.empty:
+        return
+    metric = run.main_metric
+    columns = {
+        "configuration": ("configuration", text),
+        f"{metric}_softmax": (f"softmax {metric}", percent(metric)),
+        f"{metric}_fast": (f"fast {metric}", percent(metric)),
+    }
+    if "speedup" in pairs.columns:
+        columns.update({"latency_ms_softmax": ("softmax latency (ms)", number()), "latency_ms_fast": ("fast latency (ms)", number()), "speedup": ("fast speedup", ratio)})
+    page.add("fusion", "Softmax vs fast normalized fusion (EfficientDet Table 6 form)", table(pairs, columns))
+
+
+def add_compound(page: Page, run: Run, configs: pd.DataFrame) -> None:
+    grid = analysis.compound_grid(run, configs)
+    curves = analysis.scaling_groups(configs)
+    if grid.empty and not curves:
+        return
+    parts = []
+    if not grid.empty:
+        chosen = analysis.derived_coefficients(run, grid)
+        tolerance = analysis.flops_tolerance(run)
+        parts.append(page.figure(figures.grid_heatmap(run, grid, chosen)))
+        if chosen is None:
+            parts.append(paragraph(f"No grid cell has a FLOPs ratio within {tolerance:.0%} of the target, so no coefficients are derived."))
+        else:
+            parts.append(
+                definitions(
+                    {
+                        "derived alpha (depth)": f"{chosen['param.alpha']:g}",
+                        "derived beta (width)": f"{chosen['param.beta']:g}",
+                        "derived gamma (resolution)": f"{chosen['param.gamma']:g}",
+                        "FLOPs ratio": f"{chosen['grid_flops_ratio']:.3f} (target {chosen['target_ratio']:g} ± {tolerance:.0%})",
+                        run.main_metric: mean_std(chosen.to_frame().T, run.main_metric).iloc[0],
+                    }
+                )
+            )
+    if curves:
+        parts.append(page.figure(figures.scaling_figure(run, curves)))
+    page.add("compound", "Compound scaling", *parts)
+
+
+def add_training_curves(page: Page, run: Run) -> None:
+    best = analysis.best_trials(run)
+    if not best.empty:
+        page.add("curves", "Training curves", page.figure(figures.training_curves_figure(run, best)))
+
+
+def add_paper(page: Page, run: Run, configs: pd.DataFrame) -> None:
+    experiment = run.study.get("experiment")
+    if experiment not in PAPER_EXPERIMENTS or configs.empty:
+        return
+    metric = run.main_metric
+    if experiment == "fpn_ablation":
+        ours = analysis.ablation_table(run, configs)
+        if ours.empty:
+            return
+        reference = pd.DataFrame([vars(row) for row in paper.FEATURE_NETWORKS])
+        merged = reference.merge(ours, left_on="name", right_on="paper_name", how="left", suffixes=("_paper", ""))
+        body = table(
+            merged,
+            {
+                "name": ("feature network", text),
+                "ap": ("paper AP", number(4)),
+                f"{metric}": (f"our {metric}", percent(metric)),
+                "params_ratio_paper": ("paper #params", ratio),
+                "params_ratio": ("our #params", ratio),
+                "flops_ratio_paper": ("paper #FLOPs", ratio),
+                "flops_ratio": ("our #FLOPs", ratio),
+            },
+        )
+        source = "EfficientDet Table 5 (COCO val, EfficientNet-B3 backbone)"
+    elif experiment == "fusion_ablation":
+        ours = analysis.fusion_pairs(run, configs)
+        if ours.empty:
+            return
+        reference = pd.DataFrame([vars(row) for row in paper.FUSIONS])
+        body = side_by_side(
+            ("paper", table(reference, {"model": ("model", text), "softmax_ap": ("softmax AP", number(4)), "fast_ap": ("fast AP", number(4)), "speedup": ("speedup", ratio)})),
+            ("ours", table(ours, {c: (c.replace("_", " "), ratio if c == "speedup" else percent(metric) if c.startswith(metric) else number() if c.startswith("latency") else text) for c in ours.columns})),
+        )
+        source = "EfficientDet Table 6 (GPU speedup of fast over softmax fusion)"
+    elif experiment == "compound_grid":
+        grid = analysis.compound_grid(run, configs)
+        curves = analysis.scaling_groups(configs)
+        chosen = analysis.derived_coefficients(run, grid) if not grid.empty else None
+        parts = []
+        if chosen is not None:
+            parts.append(("coefficients", definitions({name: f"paper {value:g}, ours {chosen['param.' + name]:g}" for name, value in paper.COMPOUND_COEFFICIENTS.items()})))
+        if curves:
+            reference = pd.DataFrame([vars(row) for row in paper.SINGLE_DIMENSION_SCALING])
+            baseline = reference.iloc[0]
+            reference["flops_ratio"] = reference["flops"] / baseline["flops"]
+            reference["gain"] = reference["top1"] - baseline["top1"]
+            parts.append(("paper: EfficientNet Table 7 (top-1 gain over B0)", table(reference, {"scaling": ("scaling", text), "flops_ratio": ("FLOPs", ratio), "gain": ("top-1 gain", number(3))})))
+            ours = analysis.scaling_gains(run, curves)
+            parts.append((f"ours: largest model per rule ({metric} gain over the smallest)", table(ours, {"group": ("scaling", text), "summary": ("configuration", text), "flops_ratio": ("FLOPs", ratio), "gain": (f"{metric} gain (points)", lambda v: f"{v * scale(metric):+.2f}")})))
+        if not parts:
+            return
+        body = side_by_side(*parts)
+        source = "EfficientNet section 3.3 and Table 7"
+    else:
+        rows = paper.EFFICIENTDET if metric.startswith("AP") else paper.EFFICIENTNET
+        reference = pd.DataFrame([vars(row) for row in rows])
+        accuracy = "ap_val" if metric.startswith("AP") else "top1"
+        front = configs[configs["on_front"]].sort_values("flops" if "flops" in configs else metric)
+        body = side_by_side(
+            ("paper", table(reference, {"name": ("model", text), "params": ("params", human), "flops": ("FLOPs", human), accuracy: (accuracy, number(3))})),
+            ("our front", table(front, {"summary": ("configuration", text), **{c: (c, human) for c in ("params", "flops") if c in front}, metric: (metric, percent(metric))})),
+        )
+        source = "EfficientDet Table 2 / EfficientNet Table 2"
+    page.add("paper", "Paper comparison", paragraph(f"{source}. The paper's absolute numbers come from full COCO/ImageNet training; compare trends and ratios."), body)
+
+
+def add_trials(page: Page, run: Run) -> None:
+    trials = run.trials.copy()
+    trials["summary"] = trials["config_id"].map(analysis.spec_summaries(run))
+    metrics = [m for m in ACCURACY_METRICS if m in trials.columns and trials[m].notna().any()]
+    costs = [c for c in (*COSTS, "flops_ratio", "wall_time_s", "epochs_done") if c in trials.columns and trials[c].notna().any()]
+    columns = {
+        "trial_id": ("trial", lambda v: f"{v:g}"),
+        "state": ("state", text),
+        "group": ("group", text),
+        "config_id": ("config", text),
+        **({"seed": ("seed", lambda v: text(v) if pd.isna(v) else f"{v:g}")} if "seed" in trials.columns else {}),
+        "summary": ("configuration", text),
+        **{m: (m, percent(m)) for m in metrics},
+        **{c: (c, human) for c in costs},
+        "error": ("error", text),
+    }
+    unfinished = trials[trials["state"] != "complete"]
+    parts = []
+    if not unfinished.empty:
+        counts = ", ".join(f"{n} {state}" for state, n in analysis.state_counts(run).items() if state != "complete")
+        parts += [f"<h3>Not complete: {html.escape(counts)}</h3>", table(unfinished, {c: columns[c] for c in ("trial_id", "state", "group", "summary", "error")})]
+    parts += ["<h3>All trials (click a header to sort)</h3>", table(trials, columns, sortable=True)]
+    page.add("trials", "Trials", *parts)
+
+
+def add_provenance(page: Page, run: Run) -> None:
+    study = run.study
+    wall = run.trials["wall_time_s"].sum() if "wall_time_s" in run.trials.columns else float("nan")
+    items = {
+        "study file": text(study.get("study_file")),
+        "experiment": text(study.get("experiment")),
+        "created": text(study.get("created")),
+        "finished": "yes" if run.finished else "no (partial results)",
+        "git commit": text(study.get("git_commit")),
+        "total compute (sum of trial wall time)": "–" if pd.isna(wall) else str(datetime.timedelta(seconds=round(wall))),
+        "run folder": str(run.directory),
+        **{f"hardware: {k}": text(v) for k, v in (study.get("hardware") or {}).items()},
+        **{f"version: {k}": text(v) for k, v in (study.get("versions") or {}).items()},
+    }
+    parts = [definitions(items)]
+    if study.get("study_yaml"):
+        parts.append(preformatted(study["study_yaml"], "study YAML"))
+    page.add("provenance", "Provenance", *parts)
