@@ -1,0 +1,120 @@
+"""Training throughput: the full trial step against the bare model step.
+
+The full step is what ``run_trial`` does per batch: take the next batch from the loader (images
+decoded once and kept in memory, augmented on the device), label the anchors, compute the loss,
+backward, clip and step the optimizer. The bare step is forward + backward + optimizer step on
+a random tensor already on the device, with a trivial loss. Their ratio is the overhead of
+data, labeling and the loss.
+
+    python benchmarks/train_speed.py                                   # D0, 512, batch 32, GPU
+    python benchmarks/train_speed.py --resolution 256 --batch-size 4 --steps 5   # CPU-sized
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch import nn
+
+from scaling_lab.data import DetectionLoader, synthetic_dataset
+from scaling_lab.models import build_model
+from scaling_lab.spec import load_spec
+from scaling_lab.train.trainer import DetectionObjective, make_optimizer
+from scaling_lab.trial import Task
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", default="efficientdet-d0", help="preset or spec file (default: efficientdet-d0)")
+    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps of each kind")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (more with --compile)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast (the default on GPU)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    return parser.parse_args()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def images_per_second(step, steps: int, warmup: int, batch_size: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return steps * batch_size / (time.perf_counter() - started)
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    on_cuda = device.type == "cuda"
+    spec = load_spec(args.spec, [f"resolution={args.resolution}"])
+    task = Task()  # the default optimizer (SGD) and gradient clipping
+    amp_dtype = torch.bfloat16 if on_cuda and not args.fp32 else None
+    channels_last = on_cuda
+
+    model = build_model(spec).to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    step_model = torch.compile(model) if args.compile else model
+    optimizer = make_optimizer(model, task)
+    objective = DetectionObjective(spec, device)
+
+    def optimize(loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), task.grad_clip)
+        optimizer.step()
+
+    dataset = synthetic_dataset("train", train_images=4 * args.batch_size, image_size=args.resolution, max_object_size=0.7 * args.resolution)
+    loader = DetectionLoader(dataset, args.resolution, args.batch_size, train=True, device=device)
+    batches = iter(())
+
+    def next_batch():
+        nonlocal batches
+        batch = next(batches, None)
+        if batch is None:  # start the next epoch
+            batches = iter(loader)
+            batch = next(batches)
+        return batch
+
+    def full_step() -> None:
+        batch = next_batch()
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = objective.loss(step_model, batch, channels_last)
+        optimize(loss)
+
+    images = torch.randn(args.batch_size, 3, args.resolution, args.resolution, device=device)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+
+    def bare_step() -> None:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            class_logits, box_deltas = step_model(images)
+            loss = sum(output.float().mean() for output in class_logits + box_deltas)
+        optimize(loss)
+
+    warmup = args.warmup * (3 if args.compile else 1)
+    bare = images_per_second(bare_step, args.steps, warmup, args.batch_size, device)
+    full = images_per_second(full_step, args.steps, warmup, args.batch_size, device)
+    precision = "bf16" if amp_dtype is not None else "fp32"
+    print(
+        f"{args.spec} at {args.resolution}, batch {args.batch_size}, {precision}"
+        f"{', channels_last' if channels_last else ''}{', compiled' if args.compile else ''} on {device}"
+        f" ({torch.cuda.get_device_name(device) if on_cuda else f'{torch.get_num_threads()} threads'}):"
+    )
+    print(f"  full trial step  {full:8.1f} images/s")
+    print(f"  bare model step  {bare:8.1f} images/s")
+    print(f"  full / bare      {full / bare:8.2f}")
+
+
+if __name__ == "__main__":
+    main()

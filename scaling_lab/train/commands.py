@@ -1,0 +1,81 @@
+"""``scaling-lab train``: one trial from the command line.
+
+Prints the final metrics, one ``name value`` line each, or with ``--json`` the whole
+``TrialResult`` as one JSON object on stdout (NaN metrics, such as APl without large objects,
+become null). The progress bar goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from scaling_lab.spec import load_spec
+from scaling_lab.trial import Budget, Task
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train and validate one spec (a trial)",
+        description="Train one spec on a dataset and print its validation metrics.",
+    )
+    parser.add_argument("spec", metavar="NAME_OR_SPEC", help="a preset name (efficientdet-d0) or a YAML/JSON spec file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a spec field (repeatable)")
+    parser.add_argument(
+        "--data",
+        default="synthetic",
+        help="'synthetic' (generated shapes) or a folder with train/ and val/ splits (default: synthetic)",
+    )
+    parser.add_argument("--epochs", type=int, default=Budget.epochs, help=f"training epochs (default: {Budget.epochs})")
+    parser.add_argument("--batch-size", type=int, default=Task.batch_size, help=f"batch size (default: {Task.batch_size})")
+    parser.add_argument("--lr", type=float, default=Task.lr, help=f"peak learning rate (default: {Task.lr})")
+    parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=Task.optimizer, help=f"(default: {Task.optimizer})")
+    parser.add_argument("--max-train-images", type=int, default=None, help="train on at most this many images")
+    parser.add_argument("--max-val-images", type=int, default=None, help="validate on at most this many images")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
+    parser.add_argument("--checkpoint-dir", type=Path, default=None, help="save a checkpoint every epoch here and resume from it")
+    parser.add_argument("--no-latency", action="store_true", help="skip timing the model")
+    parser.add_argument("--json", action="store_true", help="print the whole trial result as one JSON object")
+    parser.set_defaults(func=run_train_command)
+
+
+def run_train_command(args: argparse.Namespace) -> int:
+    from scaling_lab.spec import DetectorSpec
+    from scaling_lab.train.trainer import run_trial
+
+    spec = load_spec(args.spec, args.overrides)
+    task = Task(
+        kind="detection" if isinstance(spec, DetectorSpec) else "classification",
+        data=args.data,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        latency=not args.no_latency,
+    )
+    budget = Budget(epochs=args.epochs, max_train_images=args.max_train_images, max_val_images=args.max_val_images)
+    result = run_trial(spec, task, budget, seed=args.seed, checkpoint_dir=args.checkpoint_dir, device=args.device, progress=True)
+    if args.json:
+        print(json.dumps(_json_safe(result.to_dict())))
+        return 0
+    for note in result.notes:
+        print(f"note: {note}")
+    for name, value in result.metrics.items():
+        print(f"{name} {value:.4f}")
+    latency = f"{result.latency_ms:.1f} ms" if result.latency_ms is not None else "not measured"
+    print(f"params {result.params}\nflops {result.flops}\nlatency (batch 1) {latency}\nwall time {result.wall_time_s:.1f} s")
+    return 0

@@ -1,0 +1,92 @@
+"""From head outputs to at most ``max_detections`` boxes per image, for the whole batch at once.
+
+Scores are sigmoids of the class logits. The ``pre_nms_top_k`` highest (anchor, class) scores of
+each image over all levels are decoded, suppressed by class-aware greedy NMS and the best
+``max_detections`` survivors kept. NMS is exact greedy NMS over the whole batch at once (see
+:func:`batched_nms`): no torchvision and no loop over images.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from scaling_lab.train.anchors import box_iou, decode_boxes
+
+PRE_NMS_TOP_K = 1000
+NMS_IOU = 0.5
+MAX_DETECTIONS = 100
+MIN_SCORE = 0.001
+
+
+@dataclass
+class Detections:
+    """Padded detections of a batch, best first: ``boxes`` [B, D, 4] xyxy, ``scores`` [B, D],
+    ``labels`` [B, D] (contiguous class index); ``valid`` [B, D] marks the real ones."""
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    valid: torch.Tensor
+
+
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_threshold: float = NMS_IOU) -> torch.Tensor:
+    """Class-aware greedy NMS per image: boxes [B, C, 4], scores [B, C], labels [B, C] -> keep [B, C] bool.
+
+    A candidate is kept when no higher-scoring kept candidate of the same image and class
+    overlaps it by more than ``iou_threshold``. The suppression matrix of the whole batch is
+    built at once; the greedy pass then walks the C candidates in score order, each step one
+    [B, C] operation for all images (C small ops, whatever the overlap structure).
+    """
+    order = scores.argsort(dim=1, descending=True)
+    sorted_boxes = torch.gather(boxes, 1, order.unsqueeze(-1).expand(-1, -1, 4))
+    sorted_labels = torch.gather(labels, 1, order)
+    count = scores.shape[1]
+    later = torch.ones(count, count, dtype=torch.bool, device=boxes.device).triu(diagonal=1)  # [i, j]: j after i
+    suppresses = (box_iou(sorted_boxes, sorted_boxes) > iou_threshold) & later
+    suppresses &= sorted_labels.unsqueeze(2) == sorted_labels.unsqueeze(1)
+    keep = torch.ones_like(sorted_labels, dtype=torch.bool)
+    for index in range(count - 1):
+        keep &= ~(suppresses[:, index] & keep[:, index : index + 1])
+    return torch.zeros_like(keep).scatter(1, order, keep)
+
+
+def postprocess(
+    class_logits: torch.Tensor,
+    box_deltas: torch.Tensor,
+    anchors: torch.Tensor,
+    pre_nms_top_k: int = PRE_NMS_TOP_K,
+    iou_threshold: float = NMS_IOU,
+    max_detections: int = MAX_DETECTIONS,
+    min_score: float = MIN_SCORE,
+    image_size: int | None = None,
+) -> Detections:
+    """Flattened outputs [B, N, K] and [B, N, 4] on anchors [N, 4] -> :class:`Detections`.
+
+    Boxes are in input pixels, clipped to [0, ``image_size``] when it is given.
+    """
+    batch, _, num_classes = class_logits.shape
+    flat_logits = class_logits.float().reshape(batch, -1)
+    top_k = min(pre_nms_top_k, flat_logits.shape[1])
+    if min_score > 0:  # candidates below min_score are dropped anyway: keep them out of the NMS
+        min_logit = math.log(min_score / (1 - min_score))
+        top_k = max(1, min(top_k, int((flat_logits >= min_logit).sum(dim=1).max())))
+    top_logits, top_index = flat_logits.topk(top_k, dim=1)
+    anchor_index, labels = top_index // num_classes, top_index % num_classes
+    scores = torch.sigmoid(top_logits)
+    deltas = torch.gather(box_deltas, 1, anchor_index.unsqueeze(-1).expand(-1, -1, 4))
+    boxes = decode_boxes(deltas, anchors[anchor_index])
+    if image_size is not None:
+        boxes = boxes.clamp(0, image_size)
+    keep = batched_nms(boxes, scores, labels, iou_threshold) & (scores >= min_score)
+    final_scores, final_index = torch.where(keep, scores, -1.0).topk(min(max_detections, top_k), dim=1)
+    padding = max_detections - final_index.shape[1]  # fewer candidates than max_detections: pad
+    return Detections(
+        boxes=F.pad(torch.gather(boxes, 1, final_index.unsqueeze(-1).expand(-1, -1, 4)), (0, 0, 0, padding)),
+        scores=F.pad(final_scores.clamp(min=0), (0, padding)),
+        labels=F.pad(torch.gather(labels, 1, final_index), (0, padding)),
+        valid=F.pad(final_scores >= 0, (0, padding)),
+    )
