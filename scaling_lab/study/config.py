@@ -1,0 +1,372 @@
+"""Study files (``studies/*.yaml``): what to search, how to train each candidate, how to sample,
+stop early, repeat and place trials, and where to keep the results.
+
+A study is a base spec, one search space (or an ordered list of ``groups``, each with its own
+space, run one after the other, so a later group can use an earlier group's best values), a
+task, objectives, a sampler, early stopping, seeds, resources, a backend and a storage.
+``profiles`` are named sets of changes (``--profile cpu``) merged over the file before ``--set``
+overrides.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from scaling_lab.errors import ScalingLabError
+from scaling_lab.spec import Spec, load_spec, parse_overrides, spec_from_dict
+from scaling_lab.study.search_space import SearchSpace, load_search_space
+from scaling_lab.trial import Budget, Task
+
+EXPERIMENTS = ("quickstart", "compound_grid", "fpn_ablation", "fusion_ablation", "pareto")
+SAMPLERS = ("grid", "random", "tpe", "nsga2")
+EARLY_STOPPING = ("none", "asha", "hyperband", "median")
+BACKENDS = ("local", "ray")
+DETECTION_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+CLASSIFICATION_METRICS = ("top1", "top5")
+COST_METRICS = ("params", "flops", "flops_elementwise", "activations", "latency_ms", "flops_ratio")
+DIRECTIONS = ("maximize", "minimize")
+STUDY_KEYS = (
+    "name", "experiment", "description", "base", "search_space", "groups", "task", "objectives", "sampler",
+    "early_stopping", "repeats", "resources", "backend", "storage", "run_dir", "measure_latency", "derive", "profiles",
+)
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    direction: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"metric": self.metric, "direction": self.direction}
+
+
+@dataclass(frozen=True)
+class Group:
+    """One sub-experiment: its label in the results (``group``), its space and, for sampled
+    studies, how many configurations to train."""
+
+    name: str
+    space: SearchSpace
+    trials: int | None
+
+
+@dataclass(frozen=True)
+class Sampler:
+    type: str = "tpe"
+    seed: int = 0
+    trials: int | None = None
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    type: str = "none"
+    min_epochs: int = 1
+    reduction_factor: int = 3
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Per-trial resources for the Ray backend; ``gpus: auto`` sizes a fraction of a GPU from
+    the spec's measured activations and parameters (small specs share a GPU)."""
+
+    cpus: float = 1.0
+    gpus: float | str = 0.0
+    gpu_memory_gb: float = 80.0
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str
+    experiment: str | None
+    base: Spec
+    groups: tuple[Group, ...]
+    task: Task
+    budget: Budget
+    objectives: tuple[Objective, ...]
+    sampler: Sampler
+    early_stopping: EarlyStopping
+    seeds: tuple[int, ...]
+    resources: Resources
+    backend: str
+    storage: str | None
+    run_dir: Path
+    measure_latency: bool
+    derive_group: str | None
+    study_file: str
+    study_yaml: str
+
+    @property
+    def storage_url(self) -> str:
+        """The Optuna storage: ``sqlite`` (default) or ``journal`` under the run folder, or any
+        SQLAlchemy URL."""
+        if self.storage in (None, "sqlite"):
+            return f"sqlite:///{self.run_dir / 'study.db'}"
+        if self.storage == "journal":
+            return f"journal:///{self.run_dir / 'study.journal'}"
+        return self.storage
+
+    @property
+    def storage_is_local(self) -> bool:
+        """A file in the run folder: one writer at a time (the run holds a lock)."""
+        return self.storage_url.startswith(("sqlite:", "journal:"))
+
+    @property
+    def needs_latency(self) -> bool:
+        return self.measure_latency or any(o.metric == "latency_ms" for o in self.objectives)
+
+
+def _fail(where: str, message: str) -> ScalingLabError:
+    return ScalingLabError(f"{where}: {message}")
+
+
+def _deep_merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _mapping(where: str, key: str, value: Any, valid: tuple[str, ...]) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _fail(where, f"{key}: expected a mapping with keys {', '.join(valid)}, got {value!r}")
+    unknown = sorted(set(value) - set(valid))
+    if unknown:
+        raise _fail(where, f"{key}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys are {', '.join(valid)}")
+    return dict(value)
+
+
+def _choice(where: str, key: str, value: Any, valid: tuple[str, ...]) -> str:
+    if value not in valid:
+        raise _fail(where, f"{key}: {value!r} is not valid; valid values are {', '.join(valid)}")
+    return value
+
+
+def _integer(where: str, key: str, value: Any, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise _fail(where, f"{key}: expected an integer of at least {minimum}, got {value!r}")
+    return value
+
+
+def _parse_base(where: str, raw: Any, study_dir: Path) -> Spec:
+    if isinstance(raw, str):
+        candidate = study_dir / raw
+        try:
+            return load_spec(str(candidate) if candidate.is_file() else raw)
+        except ScalingLabError as exc:
+            raise _fail(where, f"base: {exc}") from None
+    if isinstance(raw, Mapping):
+        try:
+            return spec_from_dict(raw, f"{where}: base")
+        except ScalingLabError as exc:
+            message = str(exc)
+            raise ScalingLabError(message if message.startswith(where) else f"{where}: base: {message}") from None
+    raise _fail(where, f"base: expected a preset name, a spec file or a spec mapping, got {raw!r}")
+
+
+def _parse_task(where: str, raw: Any) -> tuple[Task, Budget]:
+    task_keys = tuple(f.name for f in fields(Task))
+    budget_keys = tuple(f.name for f in fields(Budget))
+    data = _mapping(where, "task", raw, task_keys + budget_keys)
+    budget = Budget.from_dict({k: v for k, v in data.items() if k in budget_keys}, f"{where}: task")
+    task = Task.from_dict({k: v for k, v in data.items() if k in task_keys}, f"{where}: task")
+    return task, budget
+
+
+def _parse_objectives(where: str, raw: Any, task: Task) -> tuple[Objective, ...]:
+    quality = DETECTION_METRICS if task.kind == "detection" else CLASSIFICATION_METRICS
+    valid = quality + COST_METRICS
+    if raw is None:
+        raw = [quality[0]]
+    if not isinstance(raw, list) or not raw:
+        raise _fail(where, f"objectives: expected a non-empty list such as [{{metric: {quality[0]}, direction: maximize}}]")
+    objectives = []
+    for index, item in enumerate(raw):
+        key = f"objectives[{index}]"
+        entry = {"metric": item} if isinstance(item, str) else _mapping(where, key, item, ("metric", "direction"))
+        metric = _choice(where, f"{key}.metric", entry.get("metric"), valid)
+        default = "maximize" if metric in quality else "minimize"
+        objectives.append(Objective(metric, _choice(where, f"{key}.direction", entry.get("direction", default), DIRECTIONS)))
+    if len({o.metric for o in objectives}) != len(objectives):
+        raise _fail(where, "objectives: each metric may appear once")
+    return tuple(objectives)
+
+
+def _parse_groups(where: str, data: Mapping[str, Any], base: Spec, study_dir: Path, sampler: Sampler) -> tuple[Group, ...]:
+    if ("groups" in data) == ("search_space" in data):
+        raise _fail(where, "give either search_space (one space) or groups (a list of {name, search_space, trials})")
+    raw_groups = data["groups"] if "groups" in data else [{"name": "", "search_space": data["search_space"]}]
+    if not isinstance(raw_groups, list) or not raw_groups:
+        raise _fail(where, "groups: expected a non-empty list of {name, search_space, trials}")
+    groups: list[Group] = []
+    for index, raw in enumerate(raw_groups):
+        key = f"groups[{index}]" if "groups" in data else "search_space"
+        entry = _mapping(where, key, raw, ("name", "search_space", "trials"))
+        name = entry.get("name")
+        if not isinstance(name, str) or (name and not _NAME_PATTERN.match(name)) or ("groups" in data and not name):
+            raise _fail(where, f"{key}.name: expected a name of letters, digits, '_', '.' or '-', got {name!r}")
+        if name in {g.name for g in groups}:
+            raise _fail(where, f"{key}.name: {name!r} is used by an earlier group; group names must be unique")
+        if "search_space" not in entry:
+            raise _fail(where, f"{key}.search_space: missing; give a search space file or an inline mapping")
+        space = load_search_space(entry["search_space"], base, study_dir, f"{where}: {key}.search_space")
+        for parameter, group in space.best_references.items():
+            if group not in {g.name for g in groups}:
+                valid = ", ".join(g.name for g in groups) or "none (it must come after the group it refers to)"
+                raise _fail(where, f"{key}: parameter {parameter!r} takes the best of group {group!r}; valid earlier groups are {valid}")
+        trials = entry.get("trials", sampler.trials)
+        if sampler.type == "grid":
+            if "trials" in entry:
+                raise _fail(where, f"{key}.trials: a grid study runs every grid point; trials applies to random, tpe and nsga2")
+            space.grid_size()  # checks every parameter can be enumerated
+        else:
+            trials = _integer(where, f"{key}.trials (or sampler.trials)", trials, 1)
+        groups.append(Group(name, space, trials))
+    return tuple(groups)
+
+
+def parse_study(data: Any, study_file: str | Path, study_yaml: str = "", run_dir: str | Path | None = None) -> StudyConfig:
+    """Validate a study mapping (profiles and overrides already applied)."""
+    where = str(study_file)
+    study_dir = Path(study_file).parent
+    data = _mapping(where, "study", data, STUDY_KEYS)
+    name = data.get("name")
+    if not isinstance(name, str) or not _NAME_PATTERN.match(name):
+        raise _fail(where, f"name: expected a name of letters, digits, '_', '.' or '-', got {name!r}")
+    experiment = data.get("experiment")
+    if experiment is not None:
+        _choice(where, "experiment", experiment, EXPERIMENTS)
+    if "base" not in data:
+        raise _fail(where, "base: missing; give a preset name (e.g. efficientdet-d0), a spec file or a spec mapping")
+    base = _parse_base(where, data["base"], study_dir)
+    task, budget = _parse_task(where, data.get("task"))
+    objectives = _parse_objectives(where, data.get("objectives"), task)
+
+    sampler_raw = _mapping(where, "sampler", data.get("sampler"), ("type", "seed", "trials"))
+    sampler = Sampler(
+        type=_choice(where, "sampler.type", sampler_raw.get("type", "tpe"), SAMPLERS),
+        seed=_integer(where, "sampler.seed", sampler_raw.get("seed", 0), 0),
+        trials=sampler_raw.get("trials"),
+    )
+    if sampler.type == "grid" and sampler.trials is not None:
+        raise _fail(where, "sampler.trials: a grid study runs every grid point; trials applies to random, tpe and nsga2")
+    if sampler.type == "nsga2" and len(objectives) < 2:
+        raise _fail(where, "sampler.type: nsga2 is a multi-objective sampler; give two or more objectives or use tpe")
+
+    stopping_raw = _mapping(where, "early_stopping", data.get("early_stopping"), ("type", "min_epochs", "reduction_factor"))
+    early_stopping = EarlyStopping(
+        type=_choice(where, "early_stopping.type", stopping_raw.get("type", "none"), EARLY_STOPPING),
+        min_epochs=_integer(where, "early_stopping.min_epochs", stopping_raw.get("min_epochs", 1), 1),
+        reduction_factor=_integer(where, "early_stopping.reduction_factor", stopping_raw.get("reduction_factor", 3), 2),
+    )
+    if early_stopping.type != "none" and len(objectives) > 1:
+        raise _fail(where, "early_stopping.type: early stopping needs a single objective (Optuna cannot prune multi-objective studies); use none")
+
+    resources_raw = _mapping(where, "resources", data.get("resources"), ("cpus", "gpus", "gpu_memory_gb"))
+    resources = Resources(**resources_raw)
+    if not isinstance(resources.cpus, (int, float)) or isinstance(resources.cpus, bool) or resources.cpus <= 0:
+        raise _fail(where, f"resources.cpus: expected a positive number, got {resources.cpus!r}")
+    if resources.gpus != "auto" and (not isinstance(resources.gpus, (int, float)) or isinstance(resources.gpus, bool) or resources.gpus < 0):
+        raise _fail(where, f"resources.gpus: expected a number of at least 0 (0.25 shares a GPU by four) or auto, got {resources.gpus!r}")
+    if not isinstance(resources.gpu_memory_gb, (int, float)) or resources.gpu_memory_gb <= 0:
+        raise _fail(where, f"resources.gpu_memory_gb: expected a positive number, got {resources.gpu_memory_gb!r}")
+
+    repeats = _integer(where, "repeats", data.get("repeats", 1), 1)
+    backend = _choice(where, "backend", data.get("backend", "local"), BACKENDS)
+    storage = data.get("storage")
+    if storage is not None and (not isinstance(storage, str) or (storage not in ("sqlite", "journal") and "://" not in storage)):
+        raise _fail(where, f"storage: {storage!r} is not valid; valid values are sqlite, journal or a SQLAlchemy URL such as postgresql://user@host/db")
+    measure_latency = data.get("measure_latency", False)
+    if not isinstance(measure_latency, bool):
+        raise _fail(where, f"measure_latency: expected true or false, got {measure_latency!r}")
+
+    groups = _parse_groups(where, data, base, study_dir, sampler)
+    derive_raw = _mapping(where, "derive", data.get("derive"), ("group",))
+    derive_group = derive_raw.get("group")
+    if derive_group is not None and derive_group not in {g.name for g in groups}:
+        raise _fail(where, f"derive.group: {derive_group!r} is not a group; valid groups are {', '.join(g.name for g in groups)}")
+
+    chosen_run_dir = run_dir if run_dir is not None else data.get("run_dir") or Path("runs") / name
+    return StudyConfig(
+        name=name,
+        experiment=experiment,
+        base=base,
+        groups=groups,
+        task=task,
+        budget=budget,
+        objectives=objectives,
+        sampler=sampler,
+        early_stopping=early_stopping,
+        seeds=tuple(range(repeats)),
+        resources=resources,
+        backend=backend,
+        storage=storage,
+        run_dir=Path(chosen_run_dir).expanduser().resolve(),
+        measure_latency=measure_latency,
+        derive_group=derive_group,
+        study_file=str(Path(study_file).resolve()) if Path(study_file).is_file() else str(study_file),
+        study_yaml=study_yaml,
+    )
+
+
+def load_study(
+    path: str | Path,
+    profile: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    run_dir: str | Path | None = None,
+) -> StudyConfig:
+    """Read a study file, merge the chosen profile and ``--set`` overrides, and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScalingLabError(f"study file {str(path)!r} does not exist")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ScalingLabError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, Mapping):
+        raise ScalingLabError(f"{path}: expected a mapping of study keys ({', '.join(STUDY_KEYS)})")
+    data = copy.deepcopy(dict(data))
+    profiles = data.pop("profiles", None) or {}
+    if not isinstance(profiles, Mapping):
+        raise _fail(str(path), f"profiles: expected a mapping of profile name -> changes, got {profiles!r}")
+    if profile is not None:
+        if profile not in profiles:
+            valid = ", ".join(profiles) or "none (this study defines no profiles)"
+            raise _fail(str(path), f"--profile {profile!r} is not defined; valid profiles are {valid}")
+        if not isinstance(profiles[profile], Mapping):
+            raise _fail(str(path), f"profiles.{profile}: expected a mapping of study changes")
+        data = _deep_merge(data, profiles[profile])
+    if overrides:
+        data = _deep_merge(data, parse_overrides(list(overrides)))
+    return parse_study(data, path, text, run_dir)
+
+
+def run_dir_for(study_path_or_run_dir: str | Path) -> Path:
+    """The run folder of a study file (its ``run_dir`` or ``runs/<name>/``), or the folder itself
+    when given a run folder (one holding ``study.json``)."""
+    path = Path(study_path_or_run_dir)
+    if path.is_dir():
+        if not (path / "study.json").is_file():
+            raise ScalingLabError(f"{path}: not a run folder (no study.json); give a study file or a run folder")
+        return path.resolve()
+    if path.is_file():
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ScalingLabError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(data, Mapping) or not isinstance(data.get("name"), str):
+            raise _fail(str(path), "name: a study file needs a name")
+        return Path(data.get("run_dir") or Path("runs") / data["name"]).expanduser().resolve()
+    raise ScalingLabError(f"{path}: neither a study file nor a run folder")

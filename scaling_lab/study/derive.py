@@ -1,0 +1,89 @@
+"""Step 1 of the EfficientNet method, read back: the best alpha, beta, gamma of the grid at
+phi = 1 and the FLOPs each one really multiplies the base by, measured with fvcore."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from scaling_lab.errors import ScalingLabError
+from scaling_lab.spec import spec_from_dict
+from scaling_lab.study.runner import cost_counts, open_results
+from scaling_lab.study.search_space import SearchSpace
+
+COEFFICIENT_DIMENSIONS = {"alpha": "depth", "beta": "width", "gamma": "resolution"}
+
+
+@dataclass(frozen=True)
+class Derivation:
+    group: str
+    metric: str
+    score: float
+    seeds: int
+    coefficients: dict[str, float]
+    flops_ratios: dict[str, float]  # each coefficient alone, and "compound" for all three
+    constraint: dict[str, Any] | None
+
+    @property
+    def within_constraint(self) -> bool | None:
+        if self.constraint is None:
+            return None
+        ratio = self.flops_ratios["compound"]
+        low, high = self.constraint.get("min"), self.constraint.get("max")
+        return (low is None or ratio >= low) and (high is None or ratio <= high)
+
+    def to_text(self) -> str:
+        lines = [f"best of group {self.group!r} by {self.metric}: {self.score:.4g} (mean of {self.seeds} seed(s))"]
+        for name, value in self.coefficients.items():
+            lines.append(f"  {name} = {value:.4f}  ({COEFFICIENT_DIMENSIONS[name]} alone: measured FLOPs x{self.flops_ratios[name]:.3f})")
+        product = self.coefficients["alpha"] * self.coefficients["beta"] ** 2 * self.coefficients["gamma"] ** 2
+        lines.append(f"  alpha·beta²·gamma² = {product:.3f}; measured FLOPs of the compound step x{self.flops_ratios['compound']:.3f}")
+        if self.constraint is not None:
+            bounds = f"[{self.constraint.get('min', '-')}, {self.constraint.get('max', '-')}]"
+            verdict = "within" if self.within_constraint else "OUTSIDE"
+            lines.append(f"  {verdict} the flops constraint {bounds}{' x the base' if self.constraint.get('relative') else ''}")
+        return "\n".join(lines)
+
+
+def _derive_group(info: dict[str, Any], frame: pd.DataFrame) -> str:
+    if info.get("derive_group") is not None:
+        return info["derive_group"]
+    candidates = [
+        (frame.loc[frame["group"] == group, ["param.alpha", "param.beta"]].drop_duplicates().shape[0], group)
+        for group in frame["group"].unique()
+        if {"param.alpha", "param.beta"} <= set(frame.columns) and frame.loc[frame["group"] == group, "param.alpha"].notna().any()
+    ]
+    if not candidates:
+        raise ScalingLabError(f"{info.get('study_file')}: no group of this study searches alpha and beta; derive needs a compound grid (see studies/compound_grid.yaml)")
+    return max(candidates)[1]
+
+
+def derive_coefficients(run_dir: Path) -> Derivation:
+    """The best configuration of the study's alpha/beta/gamma grid, with measured FLOPs ratios."""
+    info, frame = open_results(run_dir)
+    if frame.empty:
+        raise ScalingLabError(f"{run_dir}: the study has no trials yet; run it first")
+    group = _derive_group(info, frame)
+    objective = info["objectives"][0]
+    done = frame[(frame["group"] == group) & (frame["state"] == "complete")]
+    if done.empty:
+        raise ScalingLabError(f"{run_dir}: group {group!r} has no complete trial yet; run the study (scaling-lab run) first")
+    means = done.groupby("config_id")[objective["metric"]].mean()
+    best_id = means.idxmax() if objective["direction"] == "maximize" else means.idxmin()
+    best = done[done["config_id"] == best_id]
+    coefficients = {name: float(best.iloc[0].get(f"param.{name}", 1.0)) if pd.notna(best.iloc[0].get(f"param.{name}")) else 1.0 for name in COEFFICIENT_DIMENSIONS}
+    base = spec_from_dict(info["base_spec"])
+    base_costs = cost_counts(base)
+    scaling = SearchSpace(parameters=(), source=str(run_dir))
+    ratios = {
+        name: cost_counts(scaling.build_spec(base, {name: value, "phi": 1}), base_costs)["flops_ratio"]
+        for name, value in coefficients.items()
+    }
+    ratios["compound"] = cost_counts(scaling.build_spec(base, {**coefficients, "phi": 1}), base_costs)["flops_ratio"]
+    constraint = next(
+        (c for g in info.get("groups", []) if g["name"] == group for c in g["constraints"] if c["cost"] == "flops"), None
+    )
+    return Derivation(group, objective["metric"], float(means[best_id]), len(best), coefficients, ratios, constraint)

@@ -1,0 +1,399 @@
+"""Search spaces: typed parameters over spec fields and scaling coefficients, and cost
+constraints checked before any training.
+
+A search space file (``search_spaces/*.yaml``) holds::
+
+    parameters:
+      feature_network: {type: choice, values: [fpn, panet, bifpn]}
+      fusion: {type: choice, values: [sum, fast], when: {feature_network: bifpn}}
+      channels: {type: int, low: 16, high: 64, step: 8}
+      backbone.width: {type: float, low: 0.5, high: 1.5}
+      lr_scale: ...                       # (any spec field path, nested with dots)
+      alpha: {type: grid, values: [1.1, 1.2, 1.3]}
+      beta: 1.1                           # a bare value is a fixed parameter
+      gamma: {type: derived, rule: compound_gamma}   # alpha·beta²·gamma² = target (2)
+      phi: {type: choice, values: [0, 1, 2]}
+    constraints:
+      flops: {min: 1.8, max: 2.2, relative: true}    # relative to the study's base spec
+
+Parameter names are spec field paths or the compound-scaling coefficients ``alpha`` (depth),
+``beta`` (width), ``gamma`` (resolution) and ``phi``: a spec is built by setting the fields on
+the base spec, then multiplying depth by alpha^phi, width by beta^phi and resolution by
+gamma^phi. Detector resolutions are snapped to a multiple of 2^max_level.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from scaling_lab.errors import ScalingLabError
+from scaling_lab.scaling import compound_multipliers, scale_backbone, scale_detector, snap_resolution
+from scaling_lab.spec import DetectorSpec, Spec, apply_overrides
+
+COEFFICIENTS = ("alpha", "beta", "gamma", "phi")
+PARAMETER_TYPES = ("choice", "grid", "int", "float", "log_float", "derived", "best")
+DERIVATION_RULES = ("compound_gamma",)
+CONSTRAINED_COSTS = ("params", "flops", "flops_elementwise", "activations")
+SPACE_KEYS = ("parameters", "constraints")
+
+# Keys each parameter type accepts besides ``type`` and ``when``.
+_TYPE_KEYS = {
+    "choice": {"values"},
+    "grid": {"values"},
+    "int": {"low", "high", "step", "log"},
+    "float": {"low", "high", "step"},
+    "log_float": {"low", "high"},
+    "derived": {"rule", "target"},
+    "best": {"group"},
+}
+
+
+class InfeasibleCandidate(ScalingLabError):
+    """A configuration no spec satisfies (alpha·beta² above the compound target): rejected."""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One search parameter. ``values`` holds the list of a choice/grid (one value when fixed)."""
+
+    name: str
+    type: str
+    values: tuple[Any, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    rule: str | None = None
+    target: float = 2.0
+    group: str | None = None
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+    def is_active(self, values: Mapping[str, Any]) -> bool:
+        return all(values.get(name) in allowed for name, allowed in self.when)
+
+    def grid_values(self, where: str) -> tuple[Any, ...]:
+        """Every value a grid over this parameter visits."""
+        if self.type in ("choice", "grid"):
+            return self.values
+        if self.type == "int":
+            return tuple(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+        if self.type == "float" and self.step:
+            count = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+            return tuple(round(self.low + i * self.step, 10) for i in range(count))
+        raise ScalingLabError(
+            f"{where}: parameters.{self.name}: a {self.type} parameter without a step cannot be enumerated by the "
+            "grid sampler; give a step (float), list the values (type: grid) or use sampler random, tpe or nsga2"
+        )
+
+    def derive(self, values: Mapping[str, Any]) -> float:
+        """The value of a derived parameter from those before it."""
+        alpha, beta = float(values.get("alpha", 1.0)), float(values.get("beta", 1.0))
+        squared = self.target / (alpha * beta**2)
+        return round(math.sqrt(squared), 6) if squared >= 1 else math.nan
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A cost range, absolute or relative to the base spec's measured cost."""
+
+    cost: str
+    min: float | None = None
+    max: float | None = None
+    relative: bool = False
+
+    def violation(self, value: float, base_value: float) -> str | None:
+        """Why ``value`` is out of range, or None when it is inside."""
+        measured = value / base_value if self.relative else value
+        unit = "x the base" if self.relative else ""
+        if self.min is not None and measured < self.min:
+            return f"{self.cost} {measured:.4g}{unit} is below the constraint's min {self.min:g}{unit}"
+        if self.max is not None and measured > self.max:
+            return f"{self.cost} {measured:.4g}{unit} is above the constraint's max {self.max:g}{unit}"
+        return None
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    parameters: tuple[Parameter, ...]
+    constraints: tuple[Constraint, ...] = ()
+    source: str = "search space"
+
+    @property
+    def best_references(self) -> dict[str, str]:
+        """Parameter name -> group whose best configuration supplies its value."""
+        return {p.name: p.group for p in self.parameters if p.type == "best"}
+
+    def resolve_best(self, values: Mapping[str, Any]) -> "SearchSpace":
+        """This space with its ``best`` parameters fixed to the given values."""
+        parameters = tuple(
+            Parameter(p.name, "choice", (values[p.name],), when=p.when) if p.type == "best" else p
+            for p in self.parameters
+        )
+        return SearchSpace(parameters, self.constraints, self.source)
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every configuration of the space (conditional parameters only where active)."""
+        configurations: list[dict[str, Any]] = [{}]
+        for parameter in self.parameters:
+            expanded = []
+            for values in configurations:
+                if not parameter.is_active(values):
+                    expanded.append(values)
+                elif parameter.type == "derived":
+                    expanded.append({**values, parameter.name: parameter.derive(values)})
+                else:
+                    expanded.extend({**values, parameter.name: v} for v in parameter.grid_values(self.source))
+            configurations = expanded
+        unique = {json.dumps(c, sort_keys=True): c for c in configurations}
+        return list(unique.values())
+
+    def grid_size(self) -> int:
+        """How many configurations ``grid`` gives once ``best`` parameters are resolved (each
+        becomes one value); also checks that every parameter can be enumerated."""
+        return len(self.resolve_best({name: 1.0 for name in self.best_references}).grid())
+
+    def suggest(self, trial: Any, prefix: str = "", grid: bool = False) -> dict[str, Any]:
+        """Values for one Optuna trial (``trial.suggest_*``); fixed and derived parameters are
+        computed, not suggested. ``grid`` makes every parameter categorical over its grid values,
+        so enqueued grid points are taken exactly."""
+        values: dict[str, Any] = {}
+        for p in self.parameters:
+            if not p.is_active(values):
+                continue
+            name = prefix + p.name
+            if p.type == "derived":
+                values[p.name] = p.derive(values)
+            elif p.type in ("choice", "grid") and len(p.values) == 1:
+                values[p.name] = p.values[0]
+            elif grid or p.type in ("choice", "grid"):
+                values[p.name] = trial.suggest_categorical(name, list(p.grid_values(self.source)))
+            elif p.type == "int":
+                values[p.name] = trial.suggest_int(name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+            else:
+                values[p.name] = trial.suggest_float(name, p.low, p.high, step=p.step, log=p.type == "log_float")
+        return values
+
+    def optuna_params(self, values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        """The values ``suggest`` asks Optuna for (not fixed or derived ones), to enqueue a point."""
+        return {
+            prefix + p.name: values[p.name]
+            for p in self.parameters
+            if p.name in values and p.type != "derived" and not (p.type in ("choice", "grid") and len(p.values) == 1)
+        }
+
+    def build_spec(self, base: Spec, values: Mapping[str, Any]) -> Spec:
+        """The base spec with the parameters' fields set, then compound-scaled."""
+        fields = {name: value for name, value in values.items() if name not in COEFFICIENTS}
+        if isinstance(base, DetectorSpec) and "resolution" in fields:
+            max_level = int(fields.get("max_level", base.max_level))
+            fields["resolution"] = snap_resolution(fields["resolution"], max_level)
+        spec = apply_overrides(base, [f"{name}={json.dumps(value)}" for name, value in fields.items()])
+        if not any(name in values for name in COEFFICIENTS):
+            return spec
+        gamma = values.get("gamma", 1.0)
+        if isinstance(gamma, float) and math.isnan(gamma):
+            raise InfeasibleCandidate(
+                f"alpha {values.get('alpha')} · beta {values.get('beta')}² already exceeds the compound target, "
+                "so gamma would be below 1"
+            )
+        multipliers = compound_multipliers(
+            float(values.get("alpha", 1.0)), float(values.get("beta", 1.0)), float(gamma), float(values.get("phi", 1.0))
+        )
+        if isinstance(spec, DetectorSpec):
+            return scale_detector(spec, multipliers.depth, multipliers.width, multipliers.resolution)
+        return scale_backbone(spec, multipliers)
+
+    def violation(self, costs: Mapping[str, float], base_costs: Mapping[str, float]) -> str | None:
+        """The first constraint the measured costs break, as a sentence; None when all hold."""
+        for constraint in self.constraints:
+            reason = constraint.violation(costs[constraint.cost], base_costs[constraint.cost])
+            if reason:
+                return reason
+        return None
+
+
+def _fail(where: str, message: str) -> ScalingLabError:
+    return ScalingLabError(f"{where}: {message}")
+
+
+def _spec_field_paths(base: Spec) -> set[str]:
+    """Every settable field of a spec, nested backbone fields as ``backbone.<field>``."""
+    paths = set()
+    for key, value in base.to_dict().items():
+        if key == "kind":
+            continue
+        if isinstance(value, dict):
+            paths.update(f"{key}.{inner}" for inner in value if inner != "kind")
+        else:
+            paths.add(key)
+    return paths
+
+
+def _number(where: str, key: str, value: Any) -> float:
+    if not _is_number(value):
+        raise _fail(where, f"{key}: expected a number, got {value!r}")
+    return value
+
+
+def _parse_parameter(where: str, name: str, raw: Any, earlier: dict[str, Parameter], fields: set[str]) -> Parameter:
+    key = f"parameters.{name}"
+    if name not in COEFFICIENTS and name not in fields:
+        raise _fail(
+            where,
+            f"{key}: {name!r} is neither a spec field nor a scaling coefficient; valid names are "
+            f"{', '.join(COEFFICIENTS)} and the spec fields {', '.join(sorted(fields))}",
+        )
+    if _is_scalar(raw):
+        return Parameter(name, "choice", (raw,))
+    if isinstance(raw, list):
+        raw = {"type": "choice", "values": raw}
+    if not isinstance(raw, Mapping):
+        raise _fail(where, f"{key}: expected a value, a list or a mapping with a type, got {raw!r}")
+    kind = raw.get("type")
+    if kind not in PARAMETER_TYPES:
+        raise _fail(where, f"{key}.type: {kind!r} is not valid; valid types are {', '.join(PARAMETER_TYPES)}")
+    allowed = _TYPE_KEYS[kind] | {"type", "when"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise _fail(where, f"{key}: unknown key(s) {', '.join(map(repr, unknown))}; a {kind} parameter takes {', '.join(sorted(allowed))}")
+    when = _parse_when(where, key, raw.get("when"), earlier)
+    if kind in ("choice", "grid"):
+        values = raw.get("values")
+        if not isinstance(values, list) or not values:
+            raise _fail(where, f"{key}.values: expected a non-empty list of values, got {values!r}")
+        bad = [v for v in values if not (_is_number(v) if kind == "grid" else _is_scalar(v))]
+        if bad:
+            valid = "numbers" if kind == "grid" else "numbers, strings or booleans"
+            raise _fail(where, f"{key}.values: {bad[0]!r} is not valid; a {kind} lists {valid}")
+        return Parameter(name, kind, tuple(dict.fromkeys(values)), when=when)
+    if kind in ("int", "float", "log_float"):
+        for bound in ("low", "high"):
+            if bound not in raw:
+                raise _fail(where, f"{key}.{bound}: missing; a {kind} parameter needs low and high")
+        low, high = _number(where, f"{key}.low", raw["low"]), _number(where, f"{key}.high", raw["high"])
+        step = raw.get("step")
+        if step is not None and _number(where, f"{key}.step", step) <= 0:
+            raise _fail(where, f"{key}.step: {step} must be positive")
+        if kind == "int" and not all(isinstance(v, int) for v in (low, high, step or 1)):
+            raise _fail(where, f"{key}: an int parameter needs integer low, high and step, got {low!r}, {high!r}, {step!r}")
+        if low > high:
+            raise _fail(where, f"{key}: low {low} is above high {high}; the range is empty")
+        log = raw.get("log", False)
+        if not isinstance(log, bool):
+            raise _fail(where, f"{key}.log: expected true or false, got {log!r}")
+        if (kind == "log_float" or log) and low <= 0:
+            raise _fail(where, f"{key}.low: {low} must be positive on a log scale")
+        return Parameter(name, kind, low=float(low), high=float(high), step=step, log=log, when=when)
+    if kind == "derived":
+        rule = raw.get("rule")
+        if rule not in DERIVATION_RULES:
+            raise _fail(where, f"{key}.rule: {rule!r} is not valid; valid rules are {', '.join(DERIVATION_RULES)}")
+        if not {"alpha", "beta"} & set(earlier):
+            raise _fail(where, f"{key}: compound_gamma needs alpha and/or beta declared before it")
+        if name != "gamma":
+            raise _fail(where, f"{key}: the compound_gamma rule solves for the parameter named gamma, not {name!r}")
+        target = _number(where, f"{key}.target", raw.get("target", 2.0))
+        if target <= 0:
+            raise _fail(where, f"{key}.target: {target} must be positive")
+        return Parameter(name, kind, rule=rule, target=float(target), when=when)
+    group = raw.get("group")
+    if not isinstance(group, str) or not group:
+        raise _fail(where, f"{key}.group: expected the name of an earlier group of the study, got {group!r}")
+    return Parameter(name, kind, group=group, when=when)
+
+
+def _parse_when(where: str, key: str, raw: Any, earlier: dict[str, Parameter]) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping) or not raw:
+        raise _fail(where, f"{key}.when: expected a mapping of earlier parameter -> value(s), got {raw!r}")
+    conditions = []
+    for name, allowed in raw.items():
+        if name not in earlier:
+            valid = ", ".join(earlier) or "none (declare the parameter it depends on first)"
+            raise _fail(where, f"{key}.when: {name!r} is not an earlier parameter; valid names are {valid}")
+        conditions.append((name, tuple(allowed) if isinstance(allowed, list) else (allowed,)))
+    return tuple(conditions)
+
+
+def _parse_constraint(where: str, cost: str, raw: Any) -> Constraint:
+    key = f"constraints.{cost}"
+    if cost not in CONSTRAINED_COSTS:
+        raise _fail(where, f"{key}: {cost!r} is not a constrained cost; valid costs are {', '.join(CONSTRAINED_COSTS)}")
+    if not isinstance(raw, Mapping):
+        raise _fail(where, f"{key}: expected a mapping with min and/or max (and relative: true|false), got {raw!r}")
+    unknown = sorted(set(raw) - {"min", "max", "relative"})
+    if unknown:
+        raise _fail(where, f"{key}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys are min, max, relative")
+    low, high = raw.get("min"), raw.get("max")
+    if low is None and high is None:
+        raise _fail(where, f"{key}: give min, max or both")
+    for bound, value in (("min", low), ("max", high)):
+        if value is not None and (_number(where, f"{key}.{bound}", value) < 0):
+            raise _fail(where, f"{key}.{bound}: {value} must be at least 0")
+    if low is not None and high is not None and low > high:
+        raise _fail(where, f"{key}: min {low} is above max {high}; no candidate can satisfy it")
+    relative = raw.get("relative", False)
+    if not isinstance(relative, bool):
+        raise _fail(where, f"{key}.relative: expected true or false, got {relative!r}")
+    return Constraint(cost, low, high, relative)
+
+
+def parse_search_space(data: Any, base: Spec, where: str) -> SearchSpace:
+    """Validate a search space mapping against the base spec it will be applied to."""
+    if not isinstance(data, Mapping):
+        raise _fail(where, f"expected a mapping with keys {', '.join(SPACE_KEYS)}, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(SPACE_KEYS))
+    if unknown:
+        raise _fail(where, f"unknown key(s) {', '.join(map(repr, unknown))}; valid keys are {', '.join(SPACE_KEYS)}")
+    raw_parameters = data.get("parameters")
+    if not isinstance(raw_parameters, Mapping) or not raw_parameters:
+        raise _fail(where, "parameters: expected a non-empty mapping of parameter name -> definition")
+    fields = _spec_field_paths(base)
+    parameters: dict[str, Parameter] = {}
+    for name, raw in raw_parameters.items():
+        parameters[str(name)] = _parse_parameter(where, str(name), raw, parameters, fields)
+    raw_constraints = data.get("constraints") or {}
+    if not isinstance(raw_constraints, Mapping):
+        raise _fail(where, f"constraints: expected a mapping of cost -> range, got {raw_constraints!r}")
+    constraints = tuple(_parse_constraint(where, str(cost), raw) for cost, raw in raw_constraints.items())
+    return SearchSpace(tuple(parameters.values()), constraints, where)
+
+
+def load_search_space(source: str | Path | Mapping[str, Any], base: Spec, relative_to: Path | None = None, where: str = "search_space") -> SearchSpace:
+    """A search space from a YAML file (relative to ``relative_to``) or an inline mapping."""
+    if isinstance(source, Mapping):
+        return parse_search_space(source, base, where)
+    if not isinstance(source, (str, Path)):
+        raise _fail(where, f"expected the path of a search space file or an inline mapping, got {source!r}")
+    path = Path(source)
+    if not path.is_absolute() and relative_to is not None and not path.exists():
+        path = relative_to / path
+    if not path.is_file():
+        raise _fail(where, f"search space file {str(source)!r} does not exist (looked for {path})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ScalingLabError(f"{path}: not valid YAML ({exc})") from None
+    return parse_search_space(data, base, str(path))
+
+
+def config_id(group: str, values: Mapping[str, Any]) -> str:
+    """The identity of a configuration: trials that differ only by seed share it."""
+    text = json.dumps({"group": group, "params": dict(values)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -1,0 +1,60 @@
+"""Shared pieces of the study tests: a fast deterministic stand-in for the trainer and tiny
+study files. (No tests here.)"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import yaml
+
+from scaling_lab.trial import TrialResult
+
+TINY_BASE = {
+    "base": "efficientdet-d0",
+    "backbone": {"width": 0.25, "depth": 0.25},
+    "resolution": 128,
+    "channels": 16,
+    "feature_repeats": 1,
+    "head_repeats": 1,
+}
+
+
+def fake_trial(spec, task, budget, report=None, seed=0, checkpoint_dir=None, device=None, progress=False):
+    """AP grows with channels and epochs; PANet raises like a CUDA OOM would; FAKE_TRIAL_SLEEP
+    slows each epoch down (for the kill test)."""
+    curve = []
+    for epoch in range(1, budget.epochs + 1):
+        time.sleep(float(os.environ.get("FAKE_TRIAL_SLEEP", "0")))
+        metrics = {"epoch": epoch, "train_loss": 1.0 / epoch, "AP": 0.01 * epoch * spec.channels / 16 + 0.001 * seed}
+        curve.append(metrics)
+        if report is not None:
+            report(epoch, metrics)
+    if spec.feature_network == "panet":
+        raise RuntimeError("CUDA out of memory (simulated)")
+    final = {k: v for k, v in curve[-1].items() if k not in ("epoch", "train_loss")}
+    return TrialResult(spec.spec_hash, seed, final, 1, 1, 1, 1, None, 0.01, curve)
+
+
+def write_study(folder: Path, **changes) -> Path:
+    """A tiny grid study: three feature networks x phi 0/1, two seeds, one epoch."""
+    study = {
+        "name": "tiny",
+        "base": TINY_BASE,
+        "search_space": {
+            "parameters": {
+                "feature_network": {"type": "choice", "values": ["fpn", "panet", "bifpn"]},
+                "channels": {"type": "grid", "values": [16, 24]},
+            }
+        },
+        "task": {"synthetic": {"train_images": 16, "val_images": 8, "image_size": 128, "max_object_size": 96}, "batch_size": 8, "epochs": 1},
+        "objectives": [{"metric": "AP", "direction": "maximize"}],
+        "sampler": {"type": "grid"},
+        "repeats": 2,
+        "run_dir": str(folder / "run"),
+    }
+    study.update(changes)
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path

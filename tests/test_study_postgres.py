@@ -1,0 +1,30 @@
+"""Against a real PostgreSQL server: CI sets SCALING_LAB_TEST_POSTGRES_URL, e.g.
+postgresql+psycopg2://postgres@localhost:5432/scaling_lab_test."""
+
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+
+from scaling_lab.study import load_study, run_study
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_study_helpers import fake_trial, write_study  # noqa: E402
+
+POSTGRES_URL = os.environ.get("SCALING_LAB_TEST_POSTGRES_URL")
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="SCALING_LAB_TEST_POSTGRES_URL is not set")
+def test_postgres_storage(tmp_path):
+    name = f"tiny-{uuid.uuid4().hex[:8]}"
+    path = write_study(tmp_path, name=name, storage=POSTGRES_URL, search_space={"parameters": {"feature_network": ["fpn", "panet"]}}, repeats=1)
+    config = load_study(path)
+    frame = run_study(config, trial_function=fake_trial, out=None)
+    assert frame["state"].tolist() == ["complete", "failed"]
+    stored = optuna.load_study(study_name=name, storage=POSTGRES_URL)
+    assert [t.user_attrs["record"]["state"] for t in stored.trials] == ["complete", "failed"]
+    assert len(run_study(config, trial_function=fake_trial, out=None)) == 2  # resumed from the database
+    optuna.delete_study(study_name=name, storage=POSTGRES_URL)

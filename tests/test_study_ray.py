@@ -1,0 +1,47 @@
+import sys
+from pathlib import Path
+
+import pytest
+from ray import cloudpickle
+
+from scaling_lab.study import load_study, run_study
+
+sys.path.insert(0, str(Path(__file__).parent))
+import test_study_helpers  # noqa: E402
+from test_study_helpers import fake_trial, write_study  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster():
+    """One Ray cluster of two nodes on this machine, shared by the module's tests."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    cloudpickle.register_pickle_by_value(test_study_helpers)  # workers need not import tests/
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_backend_on_two_nodes(tmp_path, two_node_cluster):
+    path = write_study(
+        tmp_path,
+        search_space={"parameters": {"feature_network": ["fpn", "panet", "bifpn"], "channels": [16, 64]}, "constraints": {"flops": {"max": 1.5, "relative": True}}},
+        early_stopping={"type": "asha", "min_epochs": 1},
+        task={"synthetic": {"train_images": 16}, "epochs": 2},
+        repeats=1,
+    )
+    config = load_study(path)
+    frame = run_study(config, backend="ray", address=two_node_cluster.address, trial_function=fake_trial, out=None)
+    assert len(frame) == 6
+    assert set(frame["state"]) <= {"complete", "pruned", "failed", "rejected"}
+    assert (frame["state"] == "rejected").sum() == 3 and (frame["state"] == "failed").sum() == 1
+    assert frame.loc[frame["state"] == "failed", "error"].str.contains("CUDA out of memory").all()
+    assert (config.run_dir / "ray").is_dir()
+    # The same command again: the Optuna study is complete, nothing runs twice.
+    assert len(run_study(config, backend="ray", address=two_node_cluster.address, trial_function=fake_trial, out=None)) == 6
