@@ -9,12 +9,13 @@ train from their checkpoint folder (one per configuration and seed) when the tra
 
 from __future__ import annotations
 
+
 import fcntl
 import math
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, TextIO
 
@@ -453,6 +454,17 @@ def run_local(session: StudySession) -> None:
                 )
 
 
+def with_data_classes(config: StudyConfig) -> StudyConfig:
+    """The study with its base spec's ``num_classes`` set to the data's: the trainer trains that
+    head, so costs are measured (and constraints checked) on the model that is trained."""
+    from scaling_lab.train.trainer import load_datasets
+
+    classes = load_datasets(config.task)[0].num_classes
+    if config.base.num_classes == classes:
+        return config
+    return replace(config, base=config.base.replace(num_classes=classes))
+
+
 def run_study(
     config: StudyConfig,
     backend: str | None = None,
@@ -468,6 +480,8 @@ def run_study(
     backend = backend or config.backend
     if address and backend != "ray":
         raise ScalingLabError(f"--address {address!r} attaches to a Ray cluster; it needs --backend ray")
+    if trial_function is None:
+        config = with_data_classes(config)
     previous_verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # progress lines say what happened to each trial
     session = StudySession(config, trial_function, out)
