@@ -116,8 +116,11 @@ def ablation_table(run: Run, configs: pd.DataFrame) -> pd.DataFrame:
     """
     if "feature_network" not in configs.columns or configs["feature_network"].nunique() < 2:
         return pd.DataFrame()
-    rows = configs[configs["group"] == "ablation"] if (configs["group"] == "ablation").any() else configs
-    rows = rows.copy()
+    if (configs["group"] == "ablation").any():
+        rows = configs[configs["group"] == "ablation"].copy()
+    else:  # the groups that compare feature networks, not those that scale one of them
+        varies = configs.groupby("group")["feature_network"].transform("nunique") > 1
+        rows = configs[varies].copy()
     if "fusion" not in rows.columns:
         rows["fusion"] = ""
     baseline = rows[rows["feature_network"] == paper.FEATURE_NETWORK_BASELINE]
@@ -139,9 +142,9 @@ def fusion_pairs(run: Run, configs: pd.DataFrame) -> pd.DataFrame:
     if "fusion" not in configs.columns:
         return pd.DataFrame()
     others = ["group", *(c for c in run.spec_columns if c != "fusion" and c in configs.columns)]
-    key = configs[others].astype(str).agg("|".join, axis=1) if others else pd.Series("", index=configs.index)
-    softmax = configs[configs["fusion"] == "softmax"].assign(_key=key)
-    fast = configs[configs["fusion"] == "fast"].assign(_key=key)
+    keyed = configs.assign(_key=configs[others].astype(str).agg("|".join, axis=1))
+    softmax = keyed[keyed["fusion"] == "softmax"]
+    fast = keyed[keyed["fusion"] == "fast"]
     pairs = softmax.merge(fast, on="_key", suffixes=("_softmax", "_fast"))
     if pairs.empty:
         return pairs
@@ -171,7 +174,7 @@ def compound_grid(run: Run, configs: pd.DataFrame) -> pd.DataFrame:
     grid = configs.dropna(subset=list(GRID_PARAMS)).copy()
     if (grid["group"] == "grid").any():
         grid = grid[grid["group"] == "grid"].copy()
-    if len(grid) < 2:
+    if len(grid.drop_duplicates(subset=list(GRID_PARAMS))) < 2:  # one cell is no grid (e.g. a phi sweep)
         return pd.DataFrame()
     phi = grid["param.phi"].fillna(1.0) if "param.phi" in grid.columns else pd.Series(1.0, index=grid.index)
     nominal = (grid["param.alpha"] * grid["param.beta"] ** 2 * grid["param.gamma"] ** 2) ** phi
@@ -209,13 +212,14 @@ def flops_tolerance(run: Run) -> float:
 
 
 def scaling_groups(configs: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Scaling curves: each ``group`` other than grid/ablation with two or more configurations, by FLOPs."""
-    if configs.empty or "flops" not in configs.columns:
+    """Scaling curves: each ``group`` other than grid/ablation that sweeps phi over two or more
+    configurations, by FLOPs."""
+    if configs.empty or "flops" not in configs.columns or "param.phi" not in configs.columns:
         return {}
     curves = {}
     for group, rows in configs.groupby("group", sort=True):
         rows = rows.dropna(subset=["flops"])
-        if group not in NON_SCALING_GROUPS and len(rows) >= 2:
+        if group not in NON_SCALING_GROUPS and rows["param.phi"].nunique() >= 2:
             curves[str(group)] = rows.sort_values("flops")
     return curves
 
