@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,12 +114,17 @@ class _SpecBase:
             raise SpecError(
                 f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys are {', '.join(names)}"
             )
-        values = {name: _coerce(f"{where}.{name}", value, hints[name]) for name, value in data.items()}
+        values = {name: coerce_field(f"{where}.{name}", value, hints[name]) for name, value in data.items()}
         return cls(**values)
 
 
-def _coerce(where: str, value: Any, hint: Any) -> Any:
-    """Check one field's value against its annotation, converting lists to tuples."""
+def coerce_field(where: str, value: Any, hint: Any) -> Any:
+    """Check one field's value against its annotation (``X | None`` included), converting lists
+    to tuples; a wrong type is a ``SpecError`` naming ``where``."""
+    if typing.get_origin(hint) in (Union, types.UnionType) and type(None) in typing.get_args(hint):
+        if value is None:
+            return None
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -141,7 +147,7 @@ def _coerce(where: str, value: Any, hint: Any) -> Any:
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
             raise SpecError(f"{where}: expected a list, got {value!r}")
         item_hint = typing.get_args(hint)[0]
-        return tuple(_coerce(f"{where}[{i}]", item, item_hint) for i, item in enumerate(value))
+        return tuple(coerce_field(f"{where}[{i}]", item, item_hint) for i, item in enumerate(value))
     if hint is BackboneSpec:
         if isinstance(value, BackboneSpec):
             return value

@@ -7,10 +7,12 @@ reports and the command line share with it.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from scaling_lab.errors import ScalingLabError
+from scaling_lab.spec import coerce_field
 
 TASK_KINDS = ("detection", "classification")
 OPTIMIZERS = ("sgd", "adamw")
@@ -19,23 +21,17 @@ OPTIMIZERS = ("sgd", "adamw")
 def _from_mapping(cls, data: Mapping[str, Any] | None, where: str):
     """Build a frozen dataclass from a mapping, naming unknown keys and wrong types."""
     data = dict(data or {})
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(names))
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(hints))
     if unknown:
-        raise ScalingLabError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys are {', '.join(names)}")
+        raise ScalingLabError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys are {', '.join(hints)}")
+    values = {}
     for key, value in data.items():
-        if isinstance(value, Mapping):
-            data[key] = tuple(sorted(value.items()))
-        expected = type(getattr(cls(), key)) if names[key].default is not None else None
-        if expected in (int, float) and isinstance(value, bool) or expected is int and not isinstance(value, int):
-            raise ScalingLabError(f"{where}.{key}: expected an integer, got {value!r}")
-        if expected is float and not isinstance(value, (int, float)):
-            raise ScalingLabError(f"{where}.{key}: expected a number, got {value!r}")
-        if expected is bool and not isinstance(value, bool):
-            raise ScalingLabError(f"{where}.{key}: expected true or false, got {value!r}")
-        if expected is float:
-            data[key] = float(value)
-    return cls(**data)
+        if isinstance(value, Mapping) and typing.get_origin(hints[key]) is tuple:  # knobs such as ``synthetic``: hashable pairs
+            values[key] = tuple(sorted(value.items()))
+        else:
+            values[key] = coerce_field(f"{where}.{key}", value, hints[key])
+    return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -76,7 +72,6 @@ class Task:
     bf16: bool = True
     channels_last: bool = True
     compile: bool = False
-    workers: int = 0
     bf16_cpu: bool = False
     augment: bool = True
     adapt_num_classes: bool = True
