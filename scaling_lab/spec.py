@@ -298,14 +298,16 @@ def _resolve_base(data: Any, where: str) -> Any:
 
     rest = dict(data)
     base = preset(rest.pop("base"))
-    return _deep_merge(base.to_dict(), rest)
+    return deep_merge(base.to_dict(), rest)
 
 
-def _deep_merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``changes``, nested mappings merged key by key; a mapping that names a
+    new ``base`` preset replaces the old one instead."""
     merged = dict(base)
     for key, value in changes.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict) and "base" not in value:
-            merged[key] = _deep_merge(merged[key], value)
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping) and "base" not in value:
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -347,7 +349,7 @@ def apply_overrides(spec: Spec, assignments: list[str] | tuple[str, ...]) -> Spe
     """A copy of ``spec`` with ``--set key=value`` changes applied and validated."""
     if not assignments:
         return spec
-    return spec_from_dict(_deep_merge(spec.to_dict(), parse_overrides(assignments)), "--set")
+    return spec_from_dict(deep_merge(spec.to_dict(), parse_overrides(assignments)), "--set")
 
 
 def load_spec(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Spec:

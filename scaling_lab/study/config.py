@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import yaml
 
 from scaling_lab.errors import ScalingLabError
-from scaling_lab.spec import Spec, load_spec, parse_overrides, spec_from_dict
+from scaling_lab.spec import Spec, deep_merge, load_spec, parse_overrides, spec_from_dict
 from scaling_lab.study.search_space import SearchSpace, load_search_space
 from scaling_lab.trial import Budget, Task
 
@@ -124,16 +124,6 @@ class StudyConfig:
 
 def _fail(where: str, message: str) -> ScalingLabError:
     return ScalingLabError(f"{where}: {message}")
-
-
-def _deep_merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in changes.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(dict(merged[key]), value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _mapping(where: str, key: str, value: Any, valid: tuple[str, ...]) -> dict[str, Any]:
@@ -347,9 +337,9 @@ def load_study(
             raise _fail(str(path), f"--profile {profile!r} is not defined; valid profiles are {valid}")
         if not isinstance(profiles[profile], Mapping):
             raise _fail(str(path), f"profiles.{profile}: expected a mapping of study changes")
-        data = _deep_merge(data, profiles[profile])
+        data = deep_merge(data, profiles[profile])
     if overrides:
-        data = _deep_merge(data, parse_overrides(list(overrides)))
+        data = deep_merge(data, parse_overrides(list(overrides)))
     return parse_study(data, path, text, run_dir)
 
 
