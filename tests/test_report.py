@@ -186,6 +186,7 @@ def render_in_chromium(index: Path, screenshot: Path | None = None) -> dict:
 
 
 def assert_renders(index: Path, screenshot: Path) -> dict:
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
     check = render_in_chromium(index, screenshot)
     assert check["errors"] == []
     assert check["requests"] == [], "the page must not fetch anything"
