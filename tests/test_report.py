@@ -283,7 +283,7 @@ def test_bad_run_folders_name_the_problem(tmp_path: Path, run_dir: Path, capsys)
     with pytest.raises(ScalingLabError, match=r"results.parquet.*'exploded'.*complete, pruned"):
         load_run(run_dir)
     assert main(["report", str(tmp_path / "missing.yaml")]) == 2
-    assert "study YAML file or a run folder" in capsys.readouterr().err
+    assert "missing.yaml: neither a study file nor a run folder" in capsys.readouterr().err
 
 
 def test_classification_study_uses_top1(run_dir: Path, tmp_path: Path):

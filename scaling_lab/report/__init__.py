@@ -13,10 +13,10 @@ from pathlib import Path
 
 from scaling_lab.report.analysis import configurations
 from scaling_lab.report.pareto import pareto_front
-from scaling_lab.report.run import Run, load_run, resolve_run_dir
+from scaling_lab.report.run import Run, load_run
 from scaling_lab.report.sections import build_page, header
 
-__all__ = ["write_report", "pareto_front", "load_run", "resolve_run_dir", "Run"]
+__all__ = ["write_report", "pareto_front", "load_run", "Run"]
 
 log = logging.getLogger(__name__)
 PNG_HINT = "pip install kaleido (1.x) and install a Chromium (apt-get install -y chromium, or run plotly_get_chrome)"

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.spec import BackboneSpec, DetectorSpec
@@ -51,23 +50,6 @@ class Run:
     @property
     def param_columns(self) -> list[str]:
         return [c for c in self.trials.columns if c.startswith("param.")]
-
-
-def resolve_run_dir(study_or_run_dir: str | Path) -> Path:
-    """The run folder of a study: a run folder itself, or ``runs/<name>`` for a study YAML's ``name``."""
-    path = Path(study_or_run_dir)
-    if path.is_dir():
-        return path
-    if path.suffix not in (".yaml", ".yml") or not path.is_file():
-        raise ScalingLabError(f"{path}: expected a study YAML file or a run folder (runs/<study>/), and found neither")
-    try:
-        study = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ScalingLabError(f"{path}: not valid YAML ({exc})") from exc
-    name = study.get("name") if isinstance(study, dict) else None
-    if not isinstance(name, str) or not name:
-        raise ScalingLabError(f"{path}: the study has no 'name' key, so its run folder runs/<name>/ is unknown")
-    return Path("runs") / name
 
 
 def load_run(run_dir: str | Path) -> Run:

@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
-from pathlib import Path
 
+from scaling_lab.report import write_report
 from scaling_lab.study.config import BACKENDS, load_study, run_dir_for
 from scaling_lab.study.results import STATES
 from scaling_lab.study.runner import open_results, run_study
 
 BEST_COLUMNS = ("trial_id", "group", "seed", "config_id")
-
-
-def _write_report(run_dir: Path) -> None:
-    """The report, once ``scaling_lab.report`` provides ``write_report``."""
-    try:
-        report = importlib.import_module("scaling_lab.report")
-    except ModuleNotFoundError as exc:
-        if exc.name != "scaling_lab.report":
-            raise
-        return
-    write_report = getattr(report, "write_report", None)
-    if write_report is not None:
-        written = write_report(run_dir, out_dir=None)
-        print(f"report: {written or run_dir}")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -36,7 +21,7 @@ def _run(args: argparse.Namespace) -> int:
     config = load_study(args.study, profile=args.profile, overrides=overrides, run_dir=args.run_dir)
     frame = run_study(config, backend=args.backend, address=args.address, out=sys.stdout)
     print(f"results: {config.run_dir / 'results.parquet'} ({len(frame)} trials)")
-    _write_report(config.run_dir)
+    print(f"report: {write_report(config.run_dir)}")
     return 0
 
 
