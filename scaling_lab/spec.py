@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -105,17 +106,31 @@ class _SpecBase:
             raise SpecError(f"{where}: expected a mapping of spec fields, got {type(data).__name__}")
         data = dict(data)
         kind = data.pop("kind", cls.kind)
-        if kind != cls.kind:
+        if not isinstance(kind, str) or kind != cls.kind:
             raise SpecError(f"{where}: kind {kind!r} where a {cls.kind!r} spec was expected")
         hints = typing.get_type_hints(cls)
         names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(names))
+        unknown = sorted(map(str, set(data) - set(names)))
         if unknown:
             raise SpecError(
                 f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys are {', '.join(names)}"
             )
         values = {name: coerce_field(f"{where}.{name}", value, hints[name]) for name, value in data.items()}
         return cls(**values)
+
+
+def _as_number(value: Any) -> float | None:
+    """A number, or a numeric string: YAML 1.1 reads ``1e-3`` (no dot) as a string."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
 
 
 def coerce_field(where: str, value: Any, hint: Any) -> Any:
@@ -136,9 +151,12 @@ def coerce_field(where: str, value: Any, hint: Any) -> Any:
             return int(value)
         raise SpecError(f"{where}: expected an integer, got {value!r}")
     if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise SpecError(f"{where}: expected a number, got {value!r}")
+        number = _as_number(value)
+        if number is None:
+            raise SpecError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise SpecError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if hint is str:
         if isinstance(value, str):
             return value
@@ -319,7 +337,7 @@ def spec_from_dict(data: Mapping[str, Any], where: str = "spec") -> Spec:
     if not isinstance(data, Mapping):
         raise SpecError(f"{where}: expected a mapping of spec fields, got {type(data).__name__}")
     kind = data.get("kind", "detector" if "backbone" in data else "backbone")
-    if kind not in SPEC_TYPES:
+    if not isinstance(kind, str) or kind not in SPEC_TYPES:
         raise SpecError(f"{where}: kind {kind!r} is not valid; valid kinds are {', '.join(SPEC_TYPES)}")
     return SPEC_TYPES[kind].from_dict(data, where)
 
@@ -365,9 +383,9 @@ def load_spec(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) ->
             "(or give the path of a .yaml/.json spec file)"
         )
     try:
-        data = yaml.safe_load(path.read_text())  # JSON is YAML too
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML/JSON ({exc})") from None
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML too
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: not valid UTF-8 YAML/JSON ({exc})") from None
     try:
         return apply_overrides(spec_from_dict(data, str(path)), overrides)
     except SpecError as exc:

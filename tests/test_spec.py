@@ -87,6 +87,11 @@ def test_overrides_change_nested_fields_and_validate():
         apply_overrides(D0, ["channels"])
 
 
+def test_numbers_that_yaml_reads_as_strings_are_numbers():
+    # YAML 1.1 reads 1e-1 (no dot) as a string.
+    assert apply_overrides(D0, ["backbone.drop_connect=1e-1"]).backbone.drop_connect == 0.1
+
+
 def test_spec_file_with_a_base_preset(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text("base: efficientdet-d0\nchannels: 96\nbackbone: {width: 1.1}\n")
@@ -112,6 +117,9 @@ def test_spec_file_with_a_base_preset(tmp_path):
         ({"backbone": {"width": -1.0}}, "width -1.0 must be positive"),
         ({"backbone": "efficientdet-d0"}, "is a detector preset, not a backbone"),
         ({"backbone": "efficientnet-b9"}, "unknown preset 'efficientnet-b9'; valid presets are"),
+        ({"anchor_scale": float("inf")}, "spec.anchor_scale: expected a finite number"),
+        ({"kind": ["detector"]}, "is not valid; valid kinds are backbone, detector"),
+        ({1: 2, "colour": "red"}, "unknown key.*'1', 'colour'"),
     ],
 )
 def test_bad_specs_name_the_key_and_the_valid_values(changes, message):
@@ -122,10 +130,13 @@ def test_bad_specs_name_the_key_and_the_valid_values(changes, message):
 def test_bad_spec_file_names_the_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("kind: detector\nfusion: [oops\n")
-    with pytest.raises(SpecError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(SpecError, match="bad.yaml: not valid UTF-8 YAML/JSON"):
         load_spec(str(path))
     path.write_text("kind: detector\nfusion: max\n")
     with pytest.raises(SpecError, match="bad.yaml: fusion 'max' is not valid"):
+        load_spec(str(path))
+    path.write_bytes(b"fusion: \xff\xfe\n")
+    with pytest.raises(SpecError, match="bad.yaml: not valid UTF-8"):
         load_spec(str(path))
     with pytest.raises(SpecError, match="neither a preset nor a spec file"):
         load_spec(str(tmp_path / "missing.yaml"))
