@@ -53,6 +53,7 @@ def test_cached_measurement_returns_the_same_figures_fast():
 
 def test_latency_is_timed_at_batch_one_and_batch_n():
     result = measure(TINY, latency=True, batch_size=2, use_cache=False)
-    assert result.latency.batch_size == 2
-    assert 0 < result.latency.batch1_ms <= result.latency.batch_ms * 10
+    # Only what does not depend on timing noise: the figures themselves are benchmarks' business.
+    assert result.latency.batch_size == 2 and result.latency.dtype == "float32"
+    assert result.latency.batch1_ms > 0 and result.latency.batch_ms > 0
     assert result.latency.device.startswith("cpu")

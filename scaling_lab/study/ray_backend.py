@@ -43,7 +43,8 @@ def _trainable(trial_config: dict[str, Any], runner: CandidateRunner, space: Sea
         tune.report({**_numbers(metrics), "epoch": epoch, "record": json.dumps(record)})
 
     outcome = runner.run(space, trial_config["values"], trial_config["seed"], trial_config["config_id"], on_epoch)
-    final = {"record": json.dumps(outcome.record), **_numbers(outcome.record.get("costs") or {})}
+    # The outcome is one step past the last epoch, so a scheduler never stops a trial before it.
+    final = {"record": json.dumps(outcome.record), "epoch": runner.config.budget.epochs + 1, **_numbers(outcome.record.get("costs") or {})}
     if outcome.state == "complete":
         final.update(_numbers(outcome.record["metrics"]))
         final["objective_values"] = json.dumps(outcome.values)
@@ -118,7 +119,10 @@ def _resources(config: StudyConfig, space: SearchSpace, base_costs: dict[str, fl
             if cluster_gpus == 0:
                 gpus = 0.0
             else:
-                costs = cost_counts(space.build_spec(config.base, trial_config["values"]), base_costs)
+                try:
+                    costs = cost_counts(space.build_spec(config.base, trial_config["values"]), base_costs)
+                except ScalingLabError:  # an infeasible candidate: the trial records it as rejected at once
+                    return {"cpu": float(resources.cpus), "gpu": 0.0}
                 memory = costs["activations"] * config.task.batch_size * BYTES_PER_ACTIVATION + costs["params"] * BYTES_PER_PARAMETER
                 per_gpu = max(1, min(MAX_TRIALS_PER_GPU, math.floor(resources.gpu_memory_gb * 1e9 / max(memory, 1))))
                 gpus = 1.0 / per_gpu
@@ -133,14 +137,17 @@ def _scheduler(config: StudyConfig):
         return None
     objective = config.objectives[0]
     mode = "max" if objective.direction == "maximize" else "min"
-    max_t = config.budget.epochs + 1  # every validation is an iteration, and the outcome one more
+    # Count epochs, as the local backend's Optuna pruners do, not Ray's iterations or seconds;
+    # the outcome's report is epoch ``epochs + 1``.
+    common = dict(time_attr="epoch", metric=objective.metric, mode=mode)
+    max_t = config.budget.epochs + 1
     if stopping.type == "asha":
         return tune.schedulers.ASHAScheduler(
-            metric=objective.metric, mode=mode, max_t=max_t, grace_period=stopping.min_epochs, reduction_factor=stopping.reduction_factor
+            **common, max_t=max_t, grace_period=stopping.min_epochs, reduction_factor=stopping.reduction_factor
         )
     if stopping.type == "hyperband":
-        return tune.schedulers.HyperBandScheduler(metric=objective.metric, mode=mode, max_t=max_t, reduction_factor=stopping.reduction_factor)
-    return tune.schedulers.MedianStoppingRule(metric=objective.metric, mode=mode, grace_period=stopping.min_epochs)
+        return tune.schedulers.HyperBandScheduler(**common, max_t=max_t, reduction_factor=stopping.reduction_factor)
+    return tune.schedulers.MedianStoppingRule(**common, grace_period=stopping.min_epochs)
 
 
 def run_ray(session: StudySession, address: str | None) -> None:

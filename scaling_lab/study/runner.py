@@ -96,7 +96,11 @@ class CandidateRunner:
             return finish("rejected", f"rejected: {exc}")
         except ScalingLabError as exc:
             return finish("failed", f"invalid configuration: {exc}")
-        record.update(spec=spec.to_dict(), spec_hash=spec.spec_hash, costs=cost_counts(spec, self.base_costs))
+        record.update(spec=spec.to_dict(), spec_hash=spec.spec_hash)
+        try:
+            record["costs"] = cost_counts(spec, self.base_costs)
+        except Exception as exc:  # noqa: BLE001 - a spec that cannot be measured (e.g. out of memory) fails alone
+            return finish("failed", f"measuring failed: {type(exc).__name__}: {exc}")
         reason = space.violation(record["costs"], self.base_costs)
         if reason:
             return finish("rejected", f"rejected by constraint: {reason}")
@@ -111,15 +115,15 @@ class CandidateRunner:
                 spec, self.config.task, self.config.budget, report=report, seed=seed,
                 checkpoint_dir=self.checkpoint_dir(cid, seed), progress=False,
             )
+            latency = result.latency_ms
+            if latency is None and self.config.needs_latency:
+                from scaling_lab.measure import measure
+
+                latency = measure(spec, latency=True, batch_size=1).latency.batch1_ms
         except optuna.TrialPruned:
             return finish("pruned", "stopped early by the pruner")
         except Exception as exc:  # noqa: BLE001 - any trial error (CUDA OOM, NaN loss) is recorded, the study goes on
             return finish("failed", f"{type(exc).__name__}: {exc}")
-        latency = result.latency_ms
-        if latency is None and self.config.needs_latency:
-            from scaling_lab.measure import measure
-
-            latency = measure(spec, latency=True, batch_size=1).latency.batch1_ms
         record["costs"]["latency_ms"] = latency
         record.update(metrics=dict(result.metrics), curve=list(result.curve), epochs_done=self.config.budget.epochs)
         objective_values = []
@@ -193,6 +197,13 @@ class StudySession:
         self.out = out
         config.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock = self._acquire_lock() if config.storage_is_local else None
+        try:
+            self._open(config, trial_function)
+        except BaseException:
+            self.close()  # a study that fails to open leaves its run folder unlocked
+            raise
+
+    def _open(self, config: StudyConfig, trial_function: TrialFunction | None) -> None:
         storage = open_storage(config)
         directions = [o.direction for o in config.objectives]
         existing = next((s for s in optuna.get_all_study_summaries(storage) if s.study_name == config.name), None)
@@ -506,9 +517,18 @@ def open_results(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
     info_path = run_dir / "study.json"
     if not info_path.is_file():
         raise ScalingLabError(f"{run_dir}: no study.json yet; run the study first (scaling-lab run STUDY.yaml)")
-    info = json.loads(info_path.read_text())
+    try:
+        info = json.loads(info_path.read_text())
+        missing = [key for key in ("name", "objectives", "planned_trials", "finished") if key not in info]
+    except (ValueError, TypeError) as exc:
+        raise ScalingLabError(f"{info_path}: not a study record ({exc}); run the study again to rewrite it") from None
+    if missing:
+        raise ScalingLabError(f"{info_path}: missing key(s) {', '.join(missing)}; run the study again to rewrite it")
     table_path = run_dir / "results.parquet"
-    frame = pd.read_parquet(table_path) if table_path.is_file() else pd.DataFrame()
+    try:
+        frame = pd.read_parquet(table_path) if table_path.is_file() else pd.DataFrame()
+    except (OSError, ValueError) as exc:
+        raise ScalingLabError(f"{table_path}: unreadable ({exc}); run the study again to rebuild it from its storage") from None
     return info, frame
 
 
