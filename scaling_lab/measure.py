@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from scaling_lab.errors import ScalingLabError
 from scaling_lab.models import build_model
 from scaling_lab.spec import Spec
 
@@ -144,9 +145,22 @@ def count(spec: Spec) -> dict[str, Any]:
     return {"resolution": spec.resolution, **totals, "breakdown": breakdown}
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to run on: CUDA when available unless one is named; a bad name is an error."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ScalingLabError(f"device {device!r} is not a torch device; valid examples: cpu, cuda, cuda:1") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ScalingLabError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu")
+    return resolved
+
+
 def time_latency(spec: Spec, batch_size: int = 8, device: str | None = None, dtype: str = "float32", warmup: int = 3, runs: int = 10) -> Latency:
     """Median forward latency after warm-up, at batch 1 and at ``batch_size``, in eval mode."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(device))
     model = build_model(spec).eval().to(device, memory_format=torch.channels_last)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
@@ -207,7 +221,9 @@ def measure(
             _write_json(counts_path, counts)
     timed = None
     if latency:
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if batch_size < 1:
+            raise ScalingLabError(f"latency batch size {batch_size} must be at least 1")
+        device = str(resolve_device(device))
         latency_path = cache_dir() / "latency" / f"{key}-{_device_name(device)}-b{batch_size}-{dtype}.json".replace("/", "_")
         cached = _read_json(latency_path) if use_cache else None
         timed = Latency(**cached) if cached else time_latency(spec, batch_size, device, dtype)

@@ -3,7 +3,7 @@
 - EfficientNet compound scaling: depth alpha^phi, width beta^phi, resolution gamma^phi.
 - The EfficientDet heuristic: W = 64·1.35^phi, D_bifpn = 3 + phi, D_box = 3 + floor(phi/3),
   R = 512 + 128·phi. The official D0-D7x table departs from it in places (for instance 112 and
-  224 channels instead of 104 and 232, D5 at 1280); the presets keep the table's values.
+  224 channels where the formula gives 120 and 216 after rounding, D5 at 1280); the presets keep the table's values.
 - ``scale_detector``: multiply a detector spec's depth, width and resolution, as searches do.
 """
 

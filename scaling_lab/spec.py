@@ -370,6 +370,14 @@ def apply_overrides(spec: Spec, assignments: list[str] | tuple[str, ...]) -> Spe
     return spec_from_dict(deep_merge(spec.to_dict(), parse_overrides(assignments)), "--set")
 
 
+def read_yaml(path: Path) -> Any:
+    """A YAML (or JSON) file's content; unreadable, non-UTF-8 or invalid files name the file."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise SpecError(f"{path}: not valid UTF-8 YAML/JSON ({exc})") from None
+
+
 def load_spec(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
     """A preset name (``efficientdet-d0``) or a YAML/JSON spec file, with optional overrides."""
     from scaling_lab.presets import PRESETS, preset
@@ -382,10 +390,7 @@ def load_spec(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) ->
             f"{name_or_path!r} is neither a preset nor a spec file; presets are {', '.join(PRESETS)} "
             "(or give the path of a .yaml/.json spec file)"
         )
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML too
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path}: not valid UTF-8 YAML/JSON ({exc})") from None
+    data = read_yaml(path)
     try:
         return apply_overrides(spec_from_dict(data, str(path)), overrides)
     except SpecError as exc:

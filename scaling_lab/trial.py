@@ -31,7 +31,10 @@ def _from_mapping(cls, data: Mapping[str, Any] | None, where: str):
             values[key] = tuple(sorted(value.items()))
         else:
             values[key] = coerce_field(f"{where}.{key}", value, hints[key])
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ScalingLabError as exc:
+        raise ScalingLabError(f"{where}: {exc}") from None
 
 
 @dataclass(frozen=True)

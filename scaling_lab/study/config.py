@@ -16,10 +16,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
 from scaling_lab.errors import ScalingLabError
-from scaling_lab.spec import Spec, deep_merge, load_spec, parse_overrides, spec_from_dict
+from scaling_lab.spec import Spec, deep_merge, load_spec, parse_overrides, read_yaml, spec_from_dict
 from scaling_lab.study.search_space import SearchSpace, load_search_space
 from scaling_lab.trial import Budget, Task
 
@@ -269,7 +268,7 @@ def parse_study(data: Any, study_file: str | Path, study_yaml: str = "", run_dir
         raise _fail(where, f"resources.cpus: expected a positive number, got {resources.cpus!r}")
     if resources.gpus != "auto" and (not isinstance(resources.gpus, (int, float)) or isinstance(resources.gpus, bool) or resources.gpus < 0):
         raise _fail(where, f"resources.gpus: expected a number of at least 0 (0.25 shares a GPU by four) or auto, got {resources.gpus!r}")
-    if not isinstance(resources.gpu_memory_gb, (int, float)) or resources.gpu_memory_gb <= 0:
+    if not isinstance(resources.gpu_memory_gb, (int, float)) or isinstance(resources.gpu_memory_gb, bool) or resources.gpu_memory_gb <= 0:
         raise _fail(where, f"resources.gpu_memory_gb: expected a positive number, got {resources.gpu_memory_gb!r}")
 
     repeats = _integer(where, "repeats", data.get("repeats", 1), 1)
@@ -284,9 +283,11 @@ def parse_study(data: Any, study_file: str | Path, study_yaml: str = "", run_dir
     groups = _parse_groups(where, data, base, study_dir, sampler)
     derive_raw = _mapping(where, "derive", data.get("derive"), ("group",))
     derive_group = derive_raw.get("group")
-    if derive_group is not None and derive_group not in {g.name for g in groups}:
+    if derive_group is not None and (not isinstance(derive_group, str) or derive_group not in {g.name for g in groups}):
         raise _fail(where, f"derive.group: {derive_group!r} is not a group; valid groups are {', '.join(g.name for g in groups)}")
 
+    if not isinstance(data.get("run_dir", ""), str):
+        raise _fail(where, f"run_dir: expected a folder path, got {data['run_dir']!r}")
     chosen_run_dir = run_dir if run_dir is not None else data.get("run_dir") or Path("runs") / name
     return StudyConfig(
         name=name,
@@ -320,11 +321,8 @@ def load_study(
     path = Path(path)
     if not path.is_file():
         raise ScalingLabError(f"study file {str(path)!r} does not exist")
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ScalingLabError(f"{path}: not valid YAML ({exc})") from None
+    data = read_yaml(path)
+    text = path.read_text(encoding="utf-8")
     if not isinstance(data, Mapping):
         raise ScalingLabError(f"{path}: expected a mapping of study keys ({', '.join(STUDY_KEYS)})")
     data = copy.deepcopy(dict(data))
@@ -352,10 +350,7 @@ def run_dir_for(study_path_or_run_dir: str | Path) -> Path:
             raise ScalingLabError(f"{path}: not a run folder (no study.json); give a study file or a run folder")
         return path.resolve()
     if path.is_file():
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ScalingLabError(f"{path}: not valid YAML ({exc})") from None
+        data = read_yaml(path)
         if not isinstance(data, Mapping) or not isinstance(data.get("name"), str):
             raise _fail(str(path), "name: a study file needs a name")
         return Path(data.get("run_dir") or Path("runs") / data["name"]).expanduser().resolve()

@@ -31,11 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.scaling import compound_multipliers, scale_backbone, scale_detector, snap_resolution
-from scaling_lab.spec import DetectorSpec, Spec, apply_overrides
+from scaling_lab.spec import DetectorSpec, Spec, apply_overrides, read_yaml
 
 COEFFICIENTS = ("alpha", "beta", "gamma", "phi")
 PARAMETER_TYPES = ("choice", "grid", "int", "float", "log_float", "derived", "best")
@@ -382,15 +381,11 @@ def load_search_space(source: str | Path | Mapping[str, Any], base: Spec, relati
     if not isinstance(source, (str, Path)):
         raise _fail(where, f"expected the path of a search space file or an inline mapping, got {source!r}")
     path = Path(source)
-    if not path.is_absolute() and relative_to is not None and not path.exists():
-        path = relative_to / path
+    if not path.is_absolute() and relative_to is not None and (relative_to / path).exists():
+        path = relative_to / path  # relative to the study file first, as a base spec file is
     if not path.is_file():
         raise _fail(where, f"search space file {str(source)!r} does not exist (looked for {path})")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ScalingLabError(f"{path}: not valid YAML ({exc})") from None
-    return parse_search_space(data, base, str(path))
+    return parse_search_space(read_yaml(path), base, str(path))
 
 
 def config_id(group: str, values: Mapping[str, Any]) -> str:

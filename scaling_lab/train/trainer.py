@@ -37,7 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 from scaling_lab.errors import ScalingLabError
-from scaling_lab.measure import library_versions, measure, time_latency
+from scaling_lab.measure import library_versions, measure, resolve_device, time_latency
 from scaling_lab.models import build_model
 from scaling_lab.spec import BackboneSpec, DetectorSpec, Spec
 from scaling_lab.train.anchors import anchors_for_spec, flatten_levels, match_anchors
@@ -281,18 +281,6 @@ class _Progress:
     wall_time_s: float = 0.0
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ScalingLabError(f"device {device!r} is not a torch device; valid examples: cpu, cuda, cuda:1") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ScalingLabError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu")
-    return resolved
-
-
 def _adapt_spec(spec: Spec, task: Task, dataset_classes: int, notes: list[str]) -> Spec:
     if spec.num_classes == dataset_classes:
         return spec
@@ -376,7 +364,7 @@ def run_trial(
             f"a {task.kind} task trains a {expected.kind} spec, got a {type(spec).kind} spec "
             f"(use an efficientdet-* preset for detection, efficientnet-* for classification)"
         )
-    device = _resolve_device(device)
+    device = resolve_device(device)
     started = time.perf_counter()
     notes: list[str] = []
     train_set, val_set = load_datasets(task)
