@@ -322,16 +322,21 @@ class StudySession:
                     )
 
     def _check_feasible(self, space: SearchSpace, group: Group, points: list[dict[str, Any]]) -> None:
-        if not space.constraints:
-            return
-        ratios = []
+        """Every grid point must make a valid spec (a bad value is an error before anything
+        trains), and with constraints at least one must meet them."""
+        specs = []
         for values in points:
             try:
-                costs = cost_counts(space.build_spec(self.config.base, values), self.base_costs)
+                specs.append(space.build_spec(self.config.base, values))
             except InfeasibleCandidate:
                 continue
             except ScalingLabError as exc:
                 raise ScalingLabError(f"{space.source}: parameters {dict(values)}: {exc}") from None
+        if not space.constraints:
+            return
+        ratios = []
+        for spec in specs:
+            costs = cost_counts(spec, self.base_costs)
             if space.violation(costs, self.base_costs) is None:
                 return
             ratios.append(costs["flops_ratio"])
