@@ -10,6 +10,7 @@ from a generator seeded with (seed, e), and iterating a loader advances its epoc
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Iterator
 
@@ -38,7 +39,7 @@ def seeded_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-class BatchLoader:
+class BatchLoader(ABC):
     """The common part of the loaders: validation, epoch order, batching and device transfer.
 
     Subclasses turn a batch of decoded images into their batch type in :meth:`_make_batch`.
@@ -119,8 +120,9 @@ class BatchLoader:
         ).to(self.device)
         return warp_images(images, sizes, augmentation), sizes, augmentation
 
+    @abstractmethod
     def _make_batch(self, indices: torch.Tensor, pixel_batch: PixelBatch, generator: torch.Generator):
-        raise NotImplementedError
+        """The subclass's batch type for these dataset indices and decoded images."""
 
 
 @dataclass
