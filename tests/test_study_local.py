@@ -79,7 +79,7 @@ def test_sampled_study_with_pruner_and_seeds(tmp_path):
 
 def test_cli_run_status_and_bad_input(tmp_path, cli_main, capsys, monkeypatch):
     path = write_study(tmp_path, search_space={"parameters": {"feature_network": ["fpn", "bifpn"]}}, repeats=1)
-    monkeypatch.setattr("scaling_lab.study.runner.default_trial_function", lambda: fake_trial)
+    monkeypatch.setattr("scaling_lab.study.session.default_trial_function", lambda: fake_trial)
     monkeypatch.chdir(tmp_path)  # the report goes to reports/<name>/
     assert cli_main(["run", str(path)]) == 0
     assert "2/2 done: 2 complete" in capsys.readouterr().out

@@ -11,8 +11,10 @@ import pandas as pd
 
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.spec import spec_from_dict
-from scaling_lab.study.runner import cost_counts, open_results
+from scaling_lab.study.candidate import cost_counts
+from scaling_lab.study.runner import open_results
 from scaling_lab.study.search_space import SearchSpace
+from scaling_lab.study.winner import WinnerRule, decide_winner, derive_group
 
 COEFFICIENT_DIMENSIONS = {"alpha": "depth", "beta": "width", "gamma": "resolution"}
 
@@ -26,6 +28,7 @@ class Derivation:
     coefficients: dict[str, float]
     flops_ratios: dict[str, float]  # each coefficient alone, and "compound" for all three
     constraint: dict[str, Any] | None
+    ranking: pd.DataFrame  # every grid configuration, best first (winner.rank_configurations)
 
     @property
     def within_constraint(self) -> bool | None:
@@ -45,36 +48,21 @@ class Derivation:
             bounds = f"[{self.constraint.get('min', '-')}, {self.constraint.get('max', '-')}]"
             verdict = "within" if self.within_constraint else "OUTSIDE"
             lines.append(f"  {verdict} the flops constraint {bounds}{' x the base' if self.constraint.get('relative') else ''}")
+        incomplete = self.ranking[self.ranking["incomplete"]]
+        if not incomplete.empty:
+            lines.append(f"  {len(incomplete)} configuration(s) with fewer complete seeds than planned do not compete: {', '.join(incomplete['config_id'])}")
         return "\n".join(lines)
 
 
-def _derive_group(info: dict[str, Any], frame: pd.DataFrame) -> str:
-    if info.get("derive_group") is not None:
-        return info["derive_group"]
-    candidates = [
-        (frame.loc[frame["group"] == group, ["param.alpha", "param.beta"]].drop_duplicates().shape[0], group)
-        for group in frame["group"].unique()
-        if {"param.alpha", "param.beta"} <= set(frame.columns) and frame.loc[frame["group"] == group, "param.alpha"].notna().any()
-    ]
-    if not candidates:
-        raise ScalingLabError(f"{info.get('study_file')}: no group of this study searches alpha and beta; derive needs a compound grid (see studies/compound_grid.yaml)")
-    return max(candidates)[1]
-
-
 def derive_coefficients(run_dir: Path) -> Derivation:
-    """The best configuration of the study's alpha/beta/gamma grid, with measured FLOPs ratios."""
+    """The winner of the study's alpha/beta/gamma grid (``winner.decide_winner``, the rule the
+    runner and the report use too), with measured FLOPs ratios."""
     info, frame = open_results(run_dir)
     if frame.empty:
         raise ScalingLabError(f"{run_dir}: the study has no trials yet; run it first")
-    group = _derive_group(info, frame)
-    objective = info["objectives"][0]
-    done = frame[(frame["group"] == group) & (frame["state"] == "complete")]
-    if done.empty:
-        raise ScalingLabError(f"{run_dir}: group {group!r} has no complete trial yet; run the study (scaling-lab run) first")
-    means = done.groupby("config_id")[objective["metric"]].mean()
-    best_id = means.idxmax() if objective["direction"] == "maximize" else means.idxmin()
-    best = done[done["config_id"] == best_id]
-    coefficients = {name: float(best.iloc[0].get(f"param.{name}", 1.0)) if pd.notna(best.iloc[0].get(f"param.{name}")) else 1.0 for name in COEFFICIENT_DIMENSIONS}
+    group = derive_group(info, frame)
+    winner = decide_winner(frame, group, WinnerRule.from_info(info, group), str(run_dir))
+    coefficients = {name: float(winner.values.get(name, 1.0)) for name in COEFFICIENT_DIMENSIONS}
     base = spec_from_dict(info["base_spec"])
     base_costs = cost_counts(base)
     scaling = SearchSpace(parameters=(), source=str(run_dir))
@@ -86,4 +74,4 @@ def derive_coefficients(run_dir: Path) -> Derivation:
     constraint = next(
         (c for g in info.get("groups", []) if g["name"] == group for c in g["constraints"] if c["cost"] == "flops"), None
     )
-    return Derivation(group, objective["metric"], float(means[best_id]), len(best), coefficients, ratios, constraint)
+    return Derivation(group, winner.metric, winner.score, winner.seeds, coefficients, ratios, constraint, winner.ranking)

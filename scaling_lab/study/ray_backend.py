@@ -1,10 +1,15 @@
 """The ``ray`` backend: Ray Tune runs the trials, Optuna's sampler chooses them.
 
-An ``OptunaSearch`` over the study's own storage suggests configurations (enqueued grid points
-and seeds first) and, in the driver, writes each trial's record and outcome to the storage, so
-the Optuna study is the same whichever backend ran it. ASHA / HyperBand / median stopping is
-Ray's scheduler. Each trial asks for the study's CPUs and GPUs, or with ``gpus: auto`` a
-fraction of a GPU sized from its spec's measured activations and parameters.
+A ``StudySearcher`` in the driver takes each trial from the study session (waiting grid points
+and seeds first, then new configurations of a sampled group, under the study's planning lock),
+sends heartbeats for the trials Ray is running, reports each validation to Optuna at its epoch
+(as the local backend does, so dashboards agree) and records each outcome in the storage: the
+Optuna study is the same whichever backend ran it. ASHA / HyperBand / median stopping is Ray's
+scheduler. Each trial asks for the study's CPUs and GPUs, or with ``gpus: auto`` a fraction of a
+GPU sized from its spec's measured activations and parameters.
+
+Trials that share a device do not time latency; when the study needs it, the driver times each
+finished candidate alone once the group's trials have stopped, then tells Optuna the outcome.
 """
 
 from __future__ import annotations
@@ -12,19 +17,20 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import time
 from typing import Any, Mapping
 
+from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
 
 from scaling_lab.errors import ScalingLabError
+from scaling_lab.spec import spec_from_dict
+from scaling_lab.study.candidate import CandidateRunner, Outcome, cost_counts, latency_alone
 from scaling_lab.study.config import Group, StudyConfig
-from scaling_lab.study.runner import MAX_CONSECUTIVE_REJECTIONS, CandidateRunner, StudySession, cost_counts, open_storage
-from scaling_lab.study.search_space import SearchSpace
-from optuna.trial import TrialState
+from scaling_lab.study.runner import check_rejections
+from scaling_lab.study.session import StudySession, store_record
+from scaling_lab.study.storage import Heartbeat
 
 MAX_TRIALS_PER_GPU = 8
 BYTES_PER_ACTIVATION = 4 * 3  # float32, kept for backward, plus its gradient
@@ -36,79 +42,84 @@ def _numbers(values: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def _trainable(trial_config: dict[str, Any], runner: CandidateRunner, space: SearchSpace) -> None:
+def _trainable(trial_config: dict[str, Any], runner: CandidateRunner) -> None:
     """One Ray trial: report every validation (the scheduler may stop it there), then the outcome."""
 
     def on_epoch(epoch: int, metrics: Mapping[str, float], record: dict) -> None:
         tune.report({**_numbers(metrics), "epoch": epoch, "record": json.dumps(record)})
 
-    outcome = runner.run(space, trial_config["values"], trial_config["seed"], trial_config["config_id"], on_epoch)
+    outcome = runner.run(trial_config["space"], trial_config["values"], trial_config["seed"], trial_config["config_id"], on_epoch, time_latency=False)
     # The outcome is one step past the last epoch, so a scheduler never stops a trial before it.
-    final = {"record": json.dumps(outcome.record), "epoch": runner.config.budget.epochs + 1, **_numbers(outcome.record.get("costs") or {})}
+    final = {"record": json.dumps(outcome.record), "epoch": runner.config.budget.epochs + 1, "outcome": outcome.state}
+    final.update(_numbers(outcome.record.get("costs") or {}))
     if outcome.state == "complete":
         final.update(_numbers(outcome.record["metrics"]))
-        final["objective_values"] = json.dumps(outcome.values)
     tune.report(final)
 
 
-class StudySearcher(OptunaSearch):
-    """OptunaSearch on the study's storage for one group: it stops suggesting when the group's
-    plan is met, and records each finished trial's outcome in the Optuna study."""
+class StudySearcher(Searcher):
+    """Hands Ray the study's trials for one group and records what becomes of them."""
 
-    def __init__(self, session: StudySession, group: Group):
-        config = session.config
-        self.session, self.group = session, group
-        metrics = [o.metric for o in config.objectives]
-        modes = ["max" if o.direction == "maximize" else "min" for o in config.objectives]
-        super().__init__(
-            space=self._define,
-            metric=metrics[0] if len(metrics) == 1 else metrics,
-            mode=modes[0] if len(modes) == 1 else modes,
-            sampler=session.study.sampler,
-            study_name=config.name,
-            storage=open_storage(config, heartbeat=False),
-        )
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Tune pickles its searcher with the experiment; the driver's session (storage lock,
-        open study) stays behind: a resumed run builds a new Tuner from the Optuna storage."""
-        return {key: value for key, value in self.__dict__.items() if key != "session"}
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as handle:
-            pickle.dump(self.__getstate__(), handle)
-
-    def _define(self, ot_trial: Any) -> dict[str, Any]:
-        group, _, values, seed, cid = self.session.start_values(ot_trial, self.group)
-        return {"group": group.name, "seed": seed, "config_id": cid, "values": values}
+    def __init__(self, session: StudySession, group: Group, heartbeat: Heartbeat):
+        objective = session.config.objectives[0]
+        super().__init__(metric=objective.metric, mode="max" if objective.direction == "maximize" else "min")
+        self.session, self.group, self.heartbeat = session, group, heartbeat
+        self.trials: dict[str, Any] = {}
+        self.awaiting_latency: list[tuple[Any, Outcome]] = []
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        if self.session.remaining(self.group) <= 0:
+        started = self.session.next_trial(self.group)
+        if started is None:
             return Searcher.FINISHED
-        return super().suggest(trial_id)
+        trial, group, space, values, seed, cid = started
+        self.trials[trial_id] = trial
+        self.heartbeat.add(trial._trial_id)
+        # The space travels with the trial: a waiting trial may belong to another group than this one.
+        return {"group": group.name, "seed": seed, "config_id": cid, "values": values, "space": space}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if isinstance(self.metric, str) and self.metric in result:
-            super().on_trial_result(trial_id, result)
+        trial = self.trials.get(trial_id)
+        epoch = result.get("epoch")
+        if trial is None or self.metric not in result or epoch is None or epoch > self.session.config.budget.epochs:
+            return
+        trial.set_user_attr("record", json.loads(result["record"]))
+        if len(self.session.config.objectives) == 1:
+            trial.report(float(result[self.metric]), int(epoch))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        trial = self.trials.pop(trial_id, None)
+        if trial is None:
             return
-        ot_trial = self._ot_trials[trial_id]
         record = json.loads(result["record"]) if result and "record" in result else {}
         if error:
             record.update(state="failed", error=f"the Ray trial failed {RAY_TRIAL_RETRIES + 1} times (worker died or raised); see its logs under {self.session.config.run_dir / 'ray'}")
         elif record.get("state", "running") == "running":
             record.update(state="pruned", error="stopped early by the scheduler")
-        ot_trial.set_user_attr("record", record)
-        state = {"complete": TrialState.COMPLETE, "failed": TrialState.FAIL}.get(record["state"], TrialState.PRUNED)
-        values = json.loads(result["objective_values"]) if state == TrialState.COMPLETE else None
-        self._ot_study.tell(ot_trial, values, state=state)
-        self._completed_trials.add(trial_id)
+        outcome = Outcome(record["state"], record)
+        if outcome.state == "complete" and self.session.config.needs_latency:
+            self.awaiting_latency.append((trial, outcome))  # timed alone once the group's trials stop
+            return
+        self.finish(trial, outcome)
+
+    def finish(self, trial: Any, outcome: Outcome) -> None:
+        if outcome.state == "complete":
+            outcome = self.session.candidates.with_objectives(outcome)
+        store_record(trial, outcome.record)
+        state = {"complete": TrialState.COMPLETE, "failed": TrialState.FAIL}.get(outcome.state, TrialState.PRUNED)
+        self.session.study.tell(trial, outcome.values, state=state)
+        self.heartbeat.discard(trial._trial_id)
         self.session.refresh()
 
+    def time_latencies(self) -> None:
+        """Time each finished candidate alone, here, now that no trial of the group runs."""
+        for trial, outcome in self.awaiting_latency:
+            spec = spec_from_dict(outcome.record["spec"])
+            outcome.record["costs"]["latency_ms"] = latency_alone(spec, self.session.config.task)
+            self.finish(trial, outcome)
+        self.awaiting_latency.clear()
 
-def _resources(config: StudyConfig, space: SearchSpace, base_costs: dict[str, float], cluster_gpus: float):
+
+def _resources(config: StudyConfig, base_costs: dict[str, float], cluster_gpus: float):
     """Per-trial resources; with ``gpus: auto`` the GPU share is 1/n for the largest n (up to
     MAX_TRIALS_PER_GPU) whose estimated training memory fits, none on a cluster without GPUs."""
     resources = config.resources
@@ -120,8 +131,8 @@ def _resources(config: StudyConfig, space: SearchSpace, base_costs: dict[str, fl
                 gpus = 0.0
             else:
                 try:
-                    costs = cost_counts(space.build_spec(config.base, trial_config["values"]), base_costs)
-                except ScalingLabError:  # an infeasible candidate: the trial records it as rejected at once
+                    costs = cost_counts(trial_config["space"].build_spec(config.base, trial_config["values"]), base_costs)
+                except Exception:  # noqa: BLE001 - infeasible or unmeasurable: the trial records why at once
                     return {"cpu": float(resources.cpus), "gpu": 0.0}
                 memory = costs["activations"] * config.task.batch_size * BYTES_PER_ACTIVATION + costs["params"] * BYTES_PER_PARAMETER
                 per_gpu = max(1, min(MAX_TRIALS_PER_GPU, math.floor(resources.gpu_memory_gb * 1e9 / max(memory, 1))))
@@ -150,11 +161,37 @@ def _scheduler(config: StudyConfig):
     return tune.schedulers.MedianStoppingRule(**common, grace_period=stopping.min_epochs)
 
 
+def _fit_group(session: StudySession, group: Group, heartbeat: Heartbeat, cluster_gpus: float) -> None:
+    """Run the group's trials with Ray Tuners until it is settled (waiting for other workers)."""
+    config = session.config
+    session.reconcile(group)
+    while not session.settled(group):
+        trainable = tune.with_resources(
+            tune.with_parameters(_trainable, runner=session.candidates), _resources(config, session.base_costs, cluster_gpus)
+        )
+        searcher = StudySearcher(session, group, heartbeat)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(config), num_samples=-1),
+            run_config=tune.RunConfig(
+                name=f"{config.name}-{group.name or 'main'}-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=str(config.run_dir / "ray"),
+                failure_config=tune.FailureConfig(max_failures=RAY_TRIAL_RETRIES),
+                verbose=0,
+            ),
+        )
+        before = session.finished_count()
+        tuner.fit()
+        searcher.time_latencies()
+        check_rejections(session, group)
+        if session.finished_count() == before and not session.settled(group):
+            session.wait(group)  # other workers' trials still run (or a dead worker's, until its heartbeat is stale)
+
+
 def run_ray(session: StudySession, address: str | None) -> None:
-    """Run each group with a Ray Tuner, on a local Ray (all CPUs) or the cluster at ``address``."""
+    """Run each group with Ray Tuners, on a local Ray (this machine's CPUs) or the cluster at ``address``."""
     import ray
 
-    config = session.config
     # Rejected and failed trials report no objective metric; the record says what happened.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     started_here = not ray.is_initialized()
@@ -165,32 +202,9 @@ def run_ray(session: StudySession, address: str | None) -> None:
             raise ScalingLabError(f"--address {address!r}: cannot attach to a Ray cluster there ({exc}); start one with 'ray start --head'") from None
     try:
         cluster_gpus = ray.cluster_resources().get("GPU", 0)
-        for group in config.groups:
-            session.prepare(group)
-            space = session.space(group)
-            trainable = tune.with_resources(
-                tune.with_parameters(_trainable, runner=session.candidates, space=space),
-                _resources(config, space, session.base_costs, cluster_gpus),
-            )
-            while session.remaining(group) > 0:
-                before = session.finished_count()
-                tuner = tune.Tuner(
-                    trainable,
-                    tune_config=tune.TuneConfig(search_alg=StudySearcher(session, group), scheduler=_scheduler(config), num_samples=-1),
-                    run_config=tune.RunConfig(
-                        name=f"{config.name}-{group.name or 'main'}-{time.strftime('%Y%m%d-%H%M%S')}",
-                        storage_path=str(config.run_dir / "ray"),
-                        failure_config=tune.FailureConfig(max_failures=RAY_TRIAL_RETRIES),
-                        verbose=0,
-                    ),
-                )
-                tuner.fit()
-                if session.finished_count() == before:
-                    raise ScalingLabError(f"{config.study_file}: Ray ran no trial for group {group.name or 'main'!r}; check the cluster's free resources against resources: in the study")
-                if session.consecutive_rejections() >= MAX_CONSECUTIVE_REJECTIONS:
-                    raise ScalingLabError(
-                        f"{group.space.source}: constraints: the last {MAX_CONSECUTIVE_REJECTIONS} sampled candidates were all rejected; widen the range"
-                    )
+        with Heartbeat(session.storage) as heartbeat:
+            for group in session.config.groups:
+                _fit_group(session, group, heartbeat, cluster_gpus)
     finally:
         if started_here:
             ray.shutdown()

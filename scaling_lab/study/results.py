@@ -185,10 +185,8 @@ def study_info(config: StudyConfig, study: optuna.Study, planned_trials: int, fi
     }
 
 
-def refresh(config: StudyConfig, study: optuna.Study, planned_trials: int, finished: bool) -> pd.DataFrame:
-    """Rebuild ``results.parquet``/``results.csv`` and ``study.json`` from the storage."""
-    frame = results_frame(study.get_trials(deepcopy=False), config.task.kind)
-    config.run_dir.mkdir(parents=True, exist_ok=True)
-    write_table(config.run_dir, frame)
-    write_json(config.run_dir / "study.json", study_info(config, study, planned_trials, finished))
-    return frame
+def write_run_folder(run_dir: Path, frame: pd.DataFrame, info: dict[str, Any]) -> None:
+    """Rewrite the derived files of a run folder (the table and ``study.json``) from the storage."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_table(run_dir, frame)
+    write_json(run_dir / "study.json", info)

@@ -1,0 +1,155 @@
+"""One candidate's life in a study: build its spec, measure it, check the constraints, train it.
+
+Both backends run candidates through ``CandidateRunner``, so a (configuration, seed) trains the
+same way locally and under Ray: the same spec, task, budget, seed and thread count (the study's
+``resources.cpus``). Trials never time their own latency: trials that share a device would time
+their neighbours' load too. The caller times a finished candidate alone (``latency_alone``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import optuna
+import torch
+
+from scaling_lab.errors import ScalingLabError
+from scaling_lab.spec import Spec
+from scaling_lab.study import results
+from scaling_lab.study.config import StudyConfig
+from scaling_lab.study.search_space import InfeasibleCandidate, SearchSpace
+from scaling_lab.trial import Task, TrialResult
+
+TrialFunction = Callable[..., TrialResult]
+# (epoch, metrics, record so far): called after each validation; may raise to stop the trial.
+EpochHook = Callable[[int, Mapping[str, float], dict], None]
+
+
+class TrialFailed(Exception):
+    """A trial that raised or returned unusable metrics; recorded as failed, the study goes on."""
+
+
+def default_trial_function() -> TrialFunction:
+    from scaling_lab.train.trainer import run_trial
+
+    return run_trial
+
+
+def cost_counts(spec: Spec, base_costs: Mapping[str, float] | None = None) -> dict[str, float]:
+    """fvcore counts (cached on disk) and, given the base's, the FLOPs ratio."""
+    from scaling_lab.measure import measure
+
+    measured = measure(spec)
+    costs: dict[str, float] = {
+        "params": measured.params,
+        "flops": measured.flops,
+        "flops_elementwise": measured.flops_elementwise,
+        "activations": measured.activations,
+    }
+    if base_costs:
+        costs["flops_ratio"] = measured.flops / base_costs["flops"]
+    return costs
+
+
+def latency_alone(spec: Spec, task: Task) -> float:
+    """Batch-1 latency in ms on this process's device, in the trial's precision, timed with
+    nothing else running here (cached per device, dtype and batch size)."""
+    from scaling_lab.measure import measure
+
+    dtype = "bfloat16" if task.bf16 and torch.cuda.is_available() else "float32"
+    return measure(spec, latency=True, batch_size=1, dtype=dtype).latency.batch1_ms
+
+
+@contextlib.contextmanager
+def torch_threads(count: float) -> Iterator[None]:
+    """Run with ``count`` intra-op threads (a Ray worker gets its CPU share; so does a local trial)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(count)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@dataclass
+class Outcome:
+    state: str  # complete, pruned, failed or rejected
+    record: dict[str, Any]
+    values: list[float] | None = None
+
+
+@dataclass
+class CandidateRunner:
+    """One candidate's life: build the spec, measure it, check the constraints, train it."""
+
+    config: StudyConfig
+    base_costs: dict[str, float]
+    trial_function: TrialFunction
+
+    def checkpoint_dir(self, cid: str, seed: int) -> Path:
+        return self.config.run_dir / "checkpoints" / f"{cid}-seed{seed}"
+
+    def run(self, space: SearchSpace, values: Mapping[str, Any], seed: int, cid: str, on_epoch: EpochHook, time_latency: bool) -> Outcome:
+        """Train one candidate. ``time_latency``: time it here once trained (only where nothing
+        else runs on this device: the local backend); else ``latency_ms`` is left to the caller."""
+        started = time.time()
+        record: dict[str, Any] = {"params": dict(values), "seed": seed, "started": results.now_iso(), "curve": [], "epochs_done": 0}
+
+        def finish(state: str, error: str = "", objective_values: list[float] | None = None) -> Outcome:
+            record.update(state=state, error=error, finished=results.now_iso(), wall_time_s=round(time.time() - started, 3))
+            return Outcome(state, record, objective_values)
+
+        try:
+            spec = space.build_spec(self.config.base, values)
+        except InfeasibleCandidate as exc:
+            return finish("rejected", f"rejected: {exc}")
+        except ScalingLabError as exc:
+            return finish("failed", f"invalid configuration: {exc}")
+        record.update(spec=spec.to_dict(), spec_hash=spec.spec_hash)
+        try:
+            record["costs"] = cost_counts(spec, self.base_costs)
+        except Exception as exc:  # noqa: BLE001 - a spec that cannot be measured (e.g. out of memory) fails alone
+            return finish("failed", f"measuring failed: {type(exc).__name__}: {exc}")
+        reason = space.violation(record["costs"], self.base_costs)
+        if reason:
+            return finish("rejected", f"rejected by constraint: {reason}")
+
+        def report(epoch: int, metrics: Mapping[str, float]) -> None:
+            record["curve"].append({"epoch": epoch, **metrics})
+            record["epochs_done"] = epoch
+            on_epoch(epoch, metrics, record)
+
+        task = replace(self.config.task, latency=False)
+        try:
+            with torch_threads(self.config.resources.cpus):
+                result = self.trial_function(
+                    spec, task, self.config.budget, report=report, seed=seed,
+                    checkpoint_dir=self.checkpoint_dir(cid, seed), progress=False,
+                )
+                latency = latency_alone(spec, self.config.task) if time_latency and self.config.needs_latency else None
+        except optuna.TrialPruned:
+            return finish("pruned", "stopped early by the pruner")
+        except Exception as exc:  # noqa: BLE001 - any trial error (CUDA OOM, NaN loss) is recorded, the study goes on
+            return finish("failed", f"{type(exc).__name__}: {exc}")
+        record["costs"]["latency_ms"] = latency
+        record.update(metrics=dict(result.metrics), curve=list(result.curve), epochs_done=self.config.budget.epochs)
+        outcome = finish("complete")
+        return self.with_objectives(outcome)
+
+    def with_objectives(self, outcome: Outcome) -> Outcome:
+        """The outcome with its objective values, or failed when one is missing or not finite
+        (``latency_ms`` must be in the record's costs by now)."""
+        record = outcome.record
+        values = []
+        for objective in self.config.objectives:
+            value = record["metrics"].get(objective.metric, record["costs"].get(objective.metric))
+            if value is None or not math.isfinite(value):
+                record.update(state="failed", error=f"objective {objective.metric} is {value!r} (missing or not finite) in the trial's results")
+                return Outcome("failed", record)
+            values.append(float(value))
+        return Outcome("complete", record, values)

@@ -1,0 +1,376 @@
+"""An opened study and one group's lifecycle, shared by the local and Ray backends.
+
+Opening checks that the stored study has this file's definition (``fingerprint``). A group is
+then planned, run and finished:
+
+- ``reconcile``: under the study's planning lock, fail the trials of dead workers, enqueue
+  interrupted trials again and the grid points and seeds not yet enqueued, so that every
+  (configuration, seed) pair exists exactly once however many workers plan at the same moment;
+- ``next_trial``: under the same lock, take a waiting trial, or sample a new configuration of a
+  sampled group (tagged with its group, seed and configuration id before its other seeds are
+  enqueued) while the group has fewer than planned;
+- ``settled``: no trial of the group waits or runs. A worker finishes a group by working and
+  waiting until it is settled, so a later group's ``best`` parameters are resolved from the
+  whole table, once (``best_values``), stored in the study and read by every worker.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from scaling_lab.errors import ScalingLabError
+from scaling_lab.study import results, storage
+from scaling_lab.study.candidate import CandidateRunner, TrialFunction, cost_counts, default_trial_function
+from scaling_lab.study.config import Group, StudyConfig
+from scaling_lab.study.fingerprint import check_same_definition, definition, definition_hash
+from scaling_lab.study.search_space import InfeasibleCandidate, SearchSpace, config_id
+from scaling_lab.study.winner import WinnerRule, decide_winner, plain
+
+LIVE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
+POLL_S = 2.0  # how often a worker waiting for others' trials looks again
+REASON_CHARS = 300  # the short failure reason shown in optuna-dashboard (the record can be cut there)
+
+
+def _sampler(config: StudyConfig, offset: int) -> optuna.samplers.BaseSampler:
+    """The sampler, seeded with the study's seed plus the number of trials so far, so that a
+    resumed random search does not replay the same points. Grid points are enqueued, so any
+    sampler serves them; random never samples past them."""
+    seed = config.sampler.seed + offset
+    if config.sampler.type in ("grid", "random"):
+        return optuna.samplers.RandomSampler(seed=seed)
+    if config.sampler.type == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.NSGAIISampler(seed=seed)
+
+
+def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    stopping = config.early_stopping
+    if stopping.type == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=stopping.min_epochs, reduction_factor=stopping.reduction_factor)
+    if stopping.type == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=stopping.min_epochs, max_resource=config.budget.epochs, reduction_factor=stopping.reduction_factor
+        )
+    if stopping.type == "median":
+        return optuna.pruners.MedianPruner(n_warmup_steps=stopping.min_epochs)
+    return optuna.pruners.NopPruner()
+
+
+def store_record(trial: optuna.Trial, record: dict[str, Any]) -> None:
+    """The trial's full record, and its reason short enough for optuna-dashboard to show."""
+    trial.set_user_attr("record", record)
+    if record.get("error"):
+        trial.set_user_attr("reason", str(record["error"])[:REASON_CHARS])
+
+
+class StudySession:
+    """An opened study: storage, lock, plan and results refresh, shared by both backends."""
+
+    def __init__(self, config: StudyConfig, trial_function: TrialFunction | None = None, out: TextIO | None = None):
+        self.config = config
+        self.out = out
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = self._acquire_folder_lock() if storage.is_local(config.storage_url) else None
+        try:
+            self._open(trial_function)
+        except BaseException:
+            self.close()  # a study that fails to open leaves its run folder unlocked
+            raise
+
+    def _open(self, trial_function: TrialFunction | None) -> None:
+        config = self.config
+        self._check_run_folder()
+        self.storage = storage.open_storage(config.storage_url, config.study_file)
+        directions = [o.direction for o in config.objectives]
+        with storage.planning_lock(self.storage, config.name):
+            existing = next((s for s in optuna.get_all_study_summaries(self.storage) if s.study_name == config.name), None)
+            self.study = optuna.create_study(
+                storage=self.storage, study_name=config.name, directions=directions, load_if_exists=True,
+                sampler=_sampler(config, existing.n_trials if existing else 0), pruner=_pruner(config),
+            )
+            stored = [d.name.lower() for d in self.study.directions]
+            if stored != directions:
+                raise ScalingLabError(
+                    f"{config.study_file}: objectives: the stored study {config.name!r} has directions {stored}, this file asks "
+                    f"for {directions}; use another name or run folder (--run-dir) for different objectives"
+                )
+            self.definition = definition(config)
+            attrs = self.study.user_attrs
+            if "definition" in attrs:
+                check_same_definition(attrs["definition"], self.definition, config.study_file, self._where())
+            else:
+                if existing is not None and existing.n_trials and self.out is not None:
+                    print(f"[{config.name}] note: this study was made before definitions were stored; adopting this file's", file=self.out)
+                self.study.set_user_attr("definition", self.definition)
+                self.study.set_user_attr("created", attrs.get("created") or results.now_iso())
+                self.study.set_user_attr("git_commit", results.git_commit(Path(config.study_file).parent))
+        self.base_costs = cost_counts(config.base)
+        self.candidates = CandidateRunner(config, self.base_costs, trial_function or default_trial_function())
+        self._spaces: dict[str, SearchSpace] = {}
+        if self._lock is not None:
+            self._fail_running_trials()
+
+    def _where(self) -> str:
+        return str(self.config.run_dir) if storage.is_local(self.config.storage_url) else f"the study {self.config.name!r} of {self.config.storage_url}"
+
+    def _check_run_folder(self) -> None:
+        """A run folder holds one study: its study.json must name this one."""
+        info_path = self.config.run_dir / "study.json"
+        try:
+            info = json.loads(info_path.read_text())
+        except (OSError, ValueError):
+            return  # no record yet, or a damaged one that the next refresh rewrites from the storage
+        if isinstance(info, dict) and info.get("name") not in (None, self.config.name):
+            raise ScalingLabError(
+                f"{self.config.study_file}: the run folder {self.config.run_dir} holds the study {info['name']!r}; "
+                "give this study its own run folder (--run-dir DIR)"
+            )
+        stored = info.get("definition_hash") if isinstance(info, dict) else None
+        if stored and storage.is_local(self.config.storage_url) and stored != definition_hash(definition(self.config)):
+            check_same_definition(info.get("definition") or {}, definition(self.config), self.config.study_file, str(self.config.run_dir))
+
+    def _acquire_folder_lock(self):
+        handle = open(self.config.run_dir / ".lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise ScalingLabError(
+                f"{self.config.run_dir}: another scaling-lab run is using this run folder; its {self.config.storage_url.split(':')[0]} "
+                "storage allows one writer. Wait for it, or give several workers a shared database (storage: postgresql://...)"
+            ) from None
+        return handle
+
+    def _fail_running_trials(self) -> None:
+        """With the run folder locked, any running trial was left by a run that died."""
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            self.study.tell(trial.number, state=TrialState.FAIL)
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    # --- the plan ---------------------------------------------------------------------------
+
+    def group(self, name: str) -> Group:
+        return next(g for g in self.config.groups if g.name == name)
+
+    @staticmethod
+    def prefix(group: Group) -> str:
+        """Optuna parameter names carry the group, so groups may give a name different ranges."""
+        return f"{group.name}:" if group.name else ""
+
+    def winner_rule(self, group: Group) -> WinnerRule:
+        objective = self.config.objectives[0]
+        return WinnerRule(objective.metric, objective.direction, len(self.config.seeds), group.space.constraints, self.base_costs)
+
+    def space(self, group: Group) -> SearchSpace:
+        """The group's space with ``best`` parameters fixed to the referenced groups' winners."""
+        if group.name not in self._spaces:
+            references = group.space.best_references
+            values = {name: self.best_values(source)[name] for name, source in references.items()}
+            self._spaces[group.name] = group.space.resolve_best(values) if references else group.space
+        return self._spaces[group.name]
+
+    def best_values(self, group_name: str) -> dict[str, Any]:
+        """The winning parameters of a settled group, decided once and stored in the study."""
+        key = f"best:{group_name}"
+        stored = self.study.user_attrs.get(key)
+        if stored is None:
+            group = self.group(group_name)
+            if not self.settled(group):
+                raise ScalingLabError(f"{self.config.study_file}: group {group_name!r} still has trials to run; its best values are decided when it is finished")
+            with storage.planning_lock(self.storage, self.config.name):
+                stored = self.study.user_attrs.get(key)
+                if stored is None:
+                    winner = decide_winner(self.table(), group_name, self.winner_rule(group), self.config.study_file)
+                    stored = {"config_id": winner.config_id, "score": winner.score, "values": {k: plain(v) for k, v in winner.values.items()}}
+                    self.study.set_user_attr(key, stored)
+        return stored["values"]
+
+    def planned_for(self, group: Group) -> int:
+        if group.trials is not None:
+            return group.trials * len(self.config.seeds)
+        return group.space.grid_size() * len(self.config.seeds)
+
+    @property
+    def planned_total(self) -> int:
+        return sum(self.planned_for(g) for g in self.config.groups)
+
+    def _group_trials(self, group: Group) -> list[FrozenTrial]:
+        return [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("group") == group.name]
+
+    @staticmethod
+    def _key(trial: FrozenTrial) -> tuple[str, int]:
+        return trial.user_attrs.get("config_id"), trial.user_attrs.get("seed", 0)
+
+    def _live_keys(self, trials: list[FrozenTrial]) -> set[tuple[str, int]]:
+        return {self._key(t) for t in trials if t.state in LIVE_STATES and "config_id" in t.user_attrs and not results.is_interrupted(t)}
+
+    def _enqueue(self, group: Group, params: dict[str, Any], cid: str, seed: int) -> None:
+        self.study.enqueue_trial(params, user_attrs={"group": group.name, "seed": seed, "config_id": cid})
+
+    def reconcile(self, group: Group) -> None:
+        """Make the stored plan of this group whole (see the module docstring)."""
+        with storage.planning_lock(self.storage, self.config.name):
+            storage.fail_stale_trials(self.study)
+            trials = self._group_trials(group)
+            live = self._live_keys(trials)
+            for trial in trials:
+                key = self._key(trial)
+                if results.is_interrupted(trial) and key[0] is not None and key not in live:
+                    self.study.enqueue_trial(dict(trial.params), user_attrs={k: trial.user_attrs[k] for k in ("group", "seed", "config_id")})
+                    live.add(key)
+            if group.trials is not None:  # a sampled group: each started configuration gets all its seeds
+                params = {self._key(t)[0]: dict(t.params) for t in trials if self._key(t) in live}
+                for cid, seed in [(cid, seed) for cid in params for seed in self.config.seeds if (cid, seed) not in live]:
+                    self._enqueue(group, params[cid], cid, seed)
+                return
+            space = self.space(group)
+            points = space.grid()
+            missing = [(values, seed) for values in points for seed in self.config.seeds if (config_id(group.name, values), seed) not in live]
+            if missing and not trials:
+                self._check_feasible(space, group, points)
+            for values, seed in missing:
+                self._enqueue(group, space.optuna_params(values, self.prefix(group)), config_id(group.name, values), seed)
+
+    def _check_feasible(self, space: SearchSpace, group: Group, points: list[dict[str, Any]]) -> None:
+        """Every grid point must make a valid spec (a bad value is an error before anything
+        trains), and with constraints at least one must meet them (a spec that cannot be
+        measured here is left to fail alone as a trial)."""
+        specs = []
+        for values in points:
+            try:
+                specs.append(space.build_spec(self.config.base, values))
+            except InfeasibleCandidate:
+                continue
+            except ScalingLabError as exc:
+                raise ScalingLabError(f"{space.source}: parameters {dict(values)}: {exc}") from None
+        if not space.constraints:
+            return
+        ratios = []
+        for spec in specs:
+            try:
+                costs = cost_counts(spec, self.base_costs)
+            except Exception:  # noqa: BLE001 - unmeasurable here: its trial will say why
+                return
+            if space.violation(costs, self.base_costs) is None:
+                return
+            ratios.append(costs["flops_ratio"])
+        raise ScalingLabError(
+            f"{space.source}: constraints: every one of the {len(points)} candidates of group {group.name or 'main'!r} breaks "
+            f"them (measured FLOPs {min(ratios, default=0):.3g}x to {max(ratios, default=0):.3g}x the base); widen the constraint's range or change the parameters"
+        )
+
+    def next_trial(self, group: Group) -> tuple[optuna.Trial, Group, SearchSpace, dict[str, Any], int, str] | None:
+        """A trial to run now and its group, space, values, seed and configuration id: a waiting
+        trial of any group, or a new configuration of this sampled group; None when there is none."""
+        with storage.planning_lock(self.storage, self.config.name):
+            trials = self.study.get_trials(deepcopy=False)
+            waiting = any(t.state == TrialState.WAITING for t in trials)
+            if not waiting:
+                if group.trials is None:
+                    return None
+                started = {t.user_attrs.get("config_id") for t in trials if t.user_attrs.get("group") == group.name and (t.state == TrialState.RUNNING or results.trial_state(t) is not None)}
+                if len(started - {None}) >= group.trials:
+                    return None
+            trial = self.study.ask()
+            return (trial, *self._start(trial, group))
+
+    def _start(self, trial: optuna.Trial, current: Group) -> tuple[Group, SearchSpace, dict[str, Any], int, str]:
+        """Suggest the trial's values and tag it; a freshly sampled configuration gets the first
+        seed here (tagged before its other seeds are enqueued, so a kill in between loses none:
+        ``reconcile`` enqueues the seeds a started configuration lacks)."""
+        group = self.group(trial.user_attrs.get("group", current.name))
+        space = self.space(group)
+        values = space.suggest(trial, self.prefix(group), grid=self.config.sampler.type == "grid")
+        cid = config_id(group.name, values)
+        fresh = trial.user_attrs.get("seed") is None
+        seed = self.config.seeds[0] if fresh else trial.user_attrs["seed"]
+        for key, value in (("group", group.name), ("seed", seed), ("config_id", cid)):
+            trial.set_user_attr(key, value)
+        if fresh:
+            for other in self.config.seeds[1:]:
+                self._enqueue(group, dict(trial.params), cid, other)
+        return group, space, values, seed, cid
+
+    def settled(self, group: Group) -> bool:
+        """Nothing of this group waits or runs, and a sampled group has all its configurations."""
+        trials = self._group_trials(group)
+        if any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials):
+            return False
+        if group.trials is None:
+            return True
+        started = {t.user_attrs.get("config_id") for t in trials if results.trial_state(t) is not None}
+        return len(started) >= group.trials
+
+    def wait(self, group: Group) -> None:
+        """Wait a moment for other workers' trials, then reconcile (failing dead workers' trials)."""
+        time.sleep(POLL_S)
+        self.reconcile(group)
+
+    def finished_count(self) -> int:
+        """Trials with an outcome (complete, pruned, failed or rejected)."""
+        return sum(results.trial_state(t) not in (None, "running") for t in self.study.get_trials(deepcopy=False))
+
+    def consecutive_rejections(self, group: Group) -> int:
+        count = 0
+        for trial in reversed(self._group_trials(group)):
+            state = results.trial_state(trial)
+            if state is None or state == "running":
+                continue
+            if state != "rejected":
+                break
+            count += 1
+        return count
+
+    # --- results ----------------------------------------------------------------------------
+
+    def table(self) -> pd.DataFrame:
+        return results.results_frame(self.study.get_trials(deepcopy=False), self.config.task.kind)
+
+    def refresh(self, finished: bool = False) -> pd.DataFrame:
+        frame = self.table()
+        info = results.study_info(self.config, self.study, self.planned_total, finished)
+        info.update(definition=self.definition, definition_hash=definition_hash(self.definition), seeds=list(self.config.seeds), base_costs=self.base_costs)
+        results.write_run_folder(self.config.run_dir, frame, info)
+        if self.out is not None:
+            print(progress_line(frame, self.planned_total, self.config), file=self.out, flush=True)
+        return frame
+
+    def is_finished(self) -> bool:
+        return all(self.settled(g) for g in self.config.groups)
+
+
+def progress_line(frame: pd.DataFrame, planned: int, config: StudyConfig) -> str:
+    counts = frame["state"].value_counts().to_dict() if not frame.empty else {}
+    done = sum(counts.get(s, 0) for s in ("complete", "pruned", "failed", "rejected"))
+    line = (
+        f"[{config.name}] {done}/{planned} done: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, "
+        f"{counts.get('failed', 0)} failed, {counts.get('rejected', 0)} rejected; {counts.get('running', 0)} running"
+    )
+    best = best_trials(frame, config, 1)
+    if not best.empty:
+        objective = config.objectives[0]
+        line += f"; best {objective.metric} {best.iloc[0][objective.metric]:.4g} (trial {int(best.iloc[0]['trial_id'])})"
+    return line
+
+
+def best_trials(frame: pd.DataFrame, config: StudyConfig, count: int = 5) -> pd.DataFrame:
+    """Complete trials ranked by the first objective."""
+    if frame.empty:
+        return frame
+    objective = config.objectives[0]
+    done = frame[frame["state"] == "complete"]
+    if objective.metric not in done.columns or done.empty:
+        return done.head(0)
+    return done.sort_values(objective.metric, ascending=objective.direction == "minimize").head(count)
