@@ -16,20 +16,30 @@ from scaling_lab.report.pareto import pareto_front
 from scaling_lab.report.run import Run, load_run
 from scaling_lab.report.sections import build_page, header
 
-__all__ = ["write_report", "pareto_front", "load_run", "Run"]
+__all__ = ["write_report", "report_dir_for", "pareto_front", "load_run", "Run"]
 
 log = logging.getLogger(__name__)
 PNG_HINT = "pip install kaleido (1.x) and install a Chromium (apt-get install -y chromium, or run plotly_get_chrome)"
 
 
+def report_dir_for(run_dir: str | Path) -> Path:
+    """Where a run folder's report goes by default: ``reports/<run folder name>/`` beside a
+    ``runs/`` folder (``runs/quickstart`` -> ``reports/quickstart``), else ``<run folder>/report``.
+    Each run folder has its own, so a second run of a study never overwrites the first's report."""
+    run_dir = Path(run_dir).resolve()
+    if run_dir.parent.name == "runs":
+        return run_dir.parent.parent / "reports" / run_dir.name
+    return run_dir / "report"
+
+
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None, png: bool = True) -> Path:
-    """Write the report of the run folder ``run_dir`` into ``out_dir`` (default ``reports/<study>``).
+    """Write the report of the run folder ``run_dir`` into ``out_dir`` (default ``report_dir_for``).
 
     Works on a study still running (the page says the results are partial). Returns the path
     of ``index.html``. PNG export problems are logged, never fatal: the HTML is the report.
     """
     run = load_run(run_dir)
-    out = Path(out_dir) if out_dir is not None else Path("reports") / run.name
+    out = Path(out_dir) if out_dir is not None else report_dir_for(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     page = build_page(run)
     index = out / "index.html"

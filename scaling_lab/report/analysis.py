@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from scaling_lab import paper
+from scaling_lab.errors import ScalingLabError
 from scaling_lab.report.pareto import pareto_front
 from scaling_lab.report.run import ACCURACY_METRICS, COSTS, Run
+from scaling_lab.study.winner import WinnerRule, decide_winner, derive_group, rank_configurations
 
-DEFAULT_FLOPS_TOLERANCE = 0.1  # a grid cell qualifies when its FLOPs ratio is within 10 % of 2^phi
 GRID_PARAMS = ("param.alpha", "param.beta", "param.gamma")
 NON_SCALING_GROUPS = ("", "grid", "ablation")
 
@@ -44,7 +44,11 @@ def configurations(run: Run) -> pd.DataFrame:
     table["trial_ids"] = grouped["trial_id"].agg(_joined)
     table = table.join(grouped[[*run.spec_columns, *run.param_columns]].first()).reset_index()
     table["summary"] = table["config_id"].map(spec_summaries(run)).fillna("")
-    table["on_front"] = pareto_front(*_objective_matrix(run, table))
+    planned = len(run.study.get("seeds") or []) or None
+    table["planned_seeds"] = planned if planned else table["n_seeds"]
+    table["incomplete"] = table["n_seeds"] < table["planned_seeds"]
+    # A configuration short of its planned seeds is shown, flagged, but never on the front.
+    table["on_front"] = pareto_front(*_objective_matrix(run, table)) & ~table["incomplete"].to_numpy()
     return table
 
 
@@ -164,51 +168,50 @@ def fusion_pairs(run: Run, configs: pd.DataFrame) -> pd.DataFrame:
 
 
 def compound_grid(run: Run, configs: pd.DataFrame) -> pd.DataFrame:
-    """The alpha/beta/gamma grid cells with their FLOPs ratio and whether they meet the FLOPs target.
-
-    The ratio is the measured ``flops_ratio`` where recorded, else the nominal
-    alpha·beta²·gamma² raised to phi. The target is 2^phi within the study's ``flops_tolerance``.
-    """
-    if not all(p in configs.columns for p in GRID_PARAMS):
+    """The derive group's alpha/beta/gamma cells with their measured FLOPs ratio and whether each
+    may win under the study's winner rule (``eligible``: all seeds complete, within the group's
+    constraints; see ``scaling_lab.study.winner``)."""
+    if configs.empty or not all(p in configs.columns for p in GRID_PARAMS):
         return pd.DataFrame()
-    grid = configs.dropna(subset=list(GRID_PARAMS)).copy()
-    if (grid["group"] == "grid").any():
-        grid = grid[grid["group"] == "grid"].copy()
+    try:
+        group = derive_group(run.study, run.trials)
+    except ScalingLabError:
+        return pd.DataFrame()
+    grid = configs[configs["group"] == group].dropna(subset=list(GRID_PARAMS)).copy()
     if len(grid.drop_duplicates(subset=list(GRID_PARAMS))) < 2:  # one cell is no grid (e.g. a phi sweep)
         return pd.DataFrame()
     phi = grid["param.phi"].fillna(1.0) if "param.phi" in grid.columns else pd.Series(1.0, index=grid.index)
     nominal = (grid["param.alpha"] * grid["param.beta"] ** 2 * grid["param.gamma"] ** 2) ** phi
     measured_ratio = grid["flops_ratio"] if "flops_ratio" in grid.columns else pd.Series(math.nan, index=grid.index)
     grid["grid_flops_ratio"] = measured_ratio.fillna(nominal)
-    grid["target_ratio"] = paper.COMPOUND_FLOPS_BASE**phi
-    tolerance = flops_tolerance(run)
-    grid["within_tolerance"] = (grid["grid_flops_ratio"] / grid["target_ratio"] - 1).abs() <= tolerance
+    ranking = rank_configurations(run.trials, group, WinnerRule.from_info(run.study, group))
+    eligible = ranking.set_index("config_id")["eligible"] if not ranking.empty else pd.Series(dtype=bool)
+    grid["eligible"] = grid["config_id"].map(eligible).fillna(False).astype(bool)
     return grid.reset_index(drop=True)
 
 
 def derived_coefficients(run: Run, grid: pd.DataFrame) -> pd.Series | None:
-    """The best grid cell (main metric) among those within the FLOPs tolerance, if any."""
-    eligible = grid[grid["within_tolerance"]] if not grid.empty else grid
-    if eligible.empty:
+    """The grid's winning cell by the study's winner rule (the one ``derive`` and the runner
+    use), or None when no cell may win."""
+    if grid.empty:
         return None
-    return eligible.loc[eligible[run.main_metric].idxmax()]
-
-
-def flops_tolerance(run: Run) -> float:
-    """``flops_tolerance`` from the study YAML (at any depth), else the default."""
-
-    def find(node: Any) -> Any:
-        if isinstance(node, dict):
-            if "flops_tolerance" in node:
-                return node["flops_tolerance"]
-            return next((v for v in map(find, node.values()) if v is not None), None)
-        return None
-
+    group = str(grid["group"].iloc[0])
     try:
-        value = find(yaml.safe_load(run.study.get("study_yaml") or "") or {})
-    except yaml.YAMLError:
-        value = None
-    return float(value) if isinstance(value, (int, float)) else DEFAULT_FLOPS_TOLERANCE
+        winner = decide_winner(run.trials, group, WinnerRule.from_info(run.study, group))
+    except ScalingLabError:
+        return None
+    return grid[grid["config_id"] == winner.config_id].iloc[0]
+
+
+def grid_constraint(run: Run, group: str) -> str:
+    """The group's constraints as text, e.g. ``flops 1.5 to 2.5 x the base``."""
+    info = next((g for g in run.study.get("groups") or [] if g.get("name") == group), {})
+    parts = []
+    for c in info.get("constraints") or []:
+        low = "-" if c.get("min") is None else f"{c['min']:g}"
+        high = "-" if c.get("max") is None else f"{c['max']:g}"
+        parts.append(f"{c['cost']} {low} to {high}{' x the base' if c.get('relative') else ''}")
+    return "; ".join(parts) or "none"
 
 
 def scaling_groups(configs: pd.DataFrame) -> dict[str, pd.DataFrame]:

@@ -11,13 +11,14 @@ from scaling_lab.study.config import run_dir_for
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     report = subparsers.add_parser("report", help="write a study's HTML report (Pareto fronts, ablations, scaling, paper comparison)")
-    report.add_argument("study", help="a study YAML (its run folder is runs/<name>) or a run folder")
-    report.add_argument("--out", type=Path, help="folder for the report (default reports/<study>)")
+    report.add_argument("study", help="a study YAML (its run folder is runs/<name>, or runs/<name>-<profile>) or a run folder")
+    report.add_argument("--profile", help="the run folder of this profile of the study file (runs/<name>-<profile>)")
+    report.add_argument("--out", type=Path, help="folder for the report (default reports/<run folder name>, or <run folder>/report outside runs/)")
     report.add_argument("--no-png", action="store_true", help="skip the PNG figures (they need kaleido and a Chromium)")
     report.set_defaults(func=report_command)
 
 
 def report_command(args: argparse.Namespace) -> int:
-    index = write_report(run_dir_for(args.study), args.out, png=not args.no_png)
+    index = write_report(run_dir_for(args.study, args.profile), args.out, png=not args.no_png)
     print(index)
     return 0

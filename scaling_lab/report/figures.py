@@ -46,7 +46,7 @@ def hover_texts(run: Run, configs: pd.DataFrame) -> list[str]:
         costs = ", ".join(f"{cost} {human(row[cost])}" for cost in COST_AXES if cost in row and pd.notna(row[cost]))
         texts.append(
             f"<b>{row['summary']}</b><br>{metric} {row[metric] * factor:.2f}{spread}"
-            f" (n={row['n_seeds']})<br>{costs}<br>group {row['group'] or '–'} · config {row['config_id']}"
+            f" (n={row['n_seeds']}{' of ' + str(row['planned_seeds']) + ' planned: INCOMPLETE, not on the front' if row.get('incomplete') else ''})<br>{costs}<br>group {row['group'] or '–'} · config {row['config_id']}"
             f"<br>seeds {row['seeds']} · trials {row['trial_ids']}"
         )
     return texts
@@ -89,7 +89,7 @@ def grid_heatmap(run: Run, grid: pd.DataFrame, chosen: pd.Series | None) -> go.F
     z = best.pivot(index="param.beta", columns="param.alpha", values=metric) * factor
     label = best.assign(
         label=[
-            f"{row[metric] * factor:.1f}<br>γ={row['param.gamma']:g}<br>×{row['grid_flops_ratio']:.2f} FLOPs{' ✓' if row['within_tolerance'] else ''}"
+            f"{row[metric] * factor:.1f}<br>γ={row['param.gamma']:g}<br>×{row['grid_flops_ratio']:.2f} FLOPs{' ✓' if row['eligible'] else ''}"
             for _, row in best.iterrows()
         ]
     ).pivot(index="param.beta", columns="param.alpha", values="label")
@@ -117,7 +117,7 @@ def grid_heatmap(run: Run, grid: pd.DataFrame, chosen: pd.Series | None) -> go.F
             )
         )
     figure.update_layout(
-        title="Compound-scaling grid (✓: FLOPs ratio within tolerance of 2^phi)",
+        title="Compound-scaling grid (✓: may win: every seed complete, within the group constraints)",
         xaxis_title="alpha (depth)",
         yaxis_title="beta (width)",
         showlegend=False,

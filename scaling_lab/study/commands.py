@@ -26,7 +26,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    run_dir = run_dir_for(args.target)
+    run_dir = run_dir_for(args.target, args.profile)
     info, frame = open_results(run_dir)
     counts = {state: int((frame["state"] == state).sum()) if not frame.empty else 0 for state in STATES}
     objective = info["objectives"][0]
@@ -54,7 +54,7 @@ def _status(args: argparse.Namespace) -> int:
 def _derive(args: argparse.Namespace) -> int:
     from scaling_lab.study.derive import derive_coefficients
 
-    print(derive_coefficients(run_dir_for(args.target)).to_text())
+    print(derive_coefficients(run_dir_for(args.target, args.profile)).to_text())
     return 0
 
 
@@ -66,15 +66,17 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a study key, e.g. --set task.epochs=1 (repeatable)")
     run.add_argument("--profile", help="apply one of the study's profiles, e.g. --profile cpu")
     run.add_argument("--trials", type=int, help="number of configurations to sample (random, tpe, nsga2 samplers)")
-    run.add_argument("--run-dir", help="run folder (default: the study's run_dir or runs/<name>/)")
+    run.add_argument("--run-dir", help="run folder (default: the study's run_dir, or runs/<name>/; runs/<name>-<profile>/ with --profile)")
     run.set_defaults(func=_run)
 
     status = subparsers.add_parser("status", help="counts by state, planned total and best trials of a study")
     status.add_argument("target", help="study file or run folder")
+    status.add_argument("--profile", help="the run folder of this profile of the study file (runs/<name>-<profile>)")
     status.add_argument("--json", action="store_true", help="print one JSON object (counts by state, planned_trials, finished, best_trials)")
     status.add_argument("--top", type=int, default=5, help="how many best trials to list (default 5)")
     status.set_defaults(func=_status)
 
     derive = subparsers.add_parser("derive", help="the derived alpha, beta, gamma of a compound grid with measured FLOPs ratios")
     derive.add_argument("target", help="study file or run folder")
+    derive.add_argument("--profile", help="the run folder of this profile of the study file (runs/<name>-<profile>)")
     derive.set_defaults(func=_derive)

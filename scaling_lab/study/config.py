@@ -225,7 +225,15 @@ def _parse_groups(where: str, data: Mapping[str, Any], base: Spec, study_dir: Pa
     return tuple(groups)
 
 
-def parse_study(data: Any, study_file: str | Path, study_yaml: str = "", run_dir: str | Path | None = None) -> StudyConfig:
+def default_run_dir(name: str, profile: str | None) -> Path:
+    """``runs/<name>/``, or ``runs/<name>-<profile>/`` for a profile: a profile is another study
+    definition, so its results never share a run folder with the full study's."""
+    return Path("runs") / (f"{name}-{profile}" if profile else name)
+
+
+def parse_study(
+    data: Any, study_file: str | Path, study_yaml: str = "", run_dir: str | Path | None = None, profile: str | None = None
+) -> StudyConfig:
     """Validate a study mapping (profiles and overrides already applied)."""
     where = str(study_file)
     study_dir = Path(study_file).parent
@@ -288,7 +296,7 @@ def parse_study(data: Any, study_file: str | Path, study_yaml: str = "", run_dir
 
     if not isinstance(data.get("run_dir", ""), str):
         raise _fail(where, f"run_dir: expected a folder path, got {data['run_dir']!r}")
-    chosen_run_dir = run_dir if run_dir is not None else data.get("run_dir") or Path("runs") / name
+    chosen_run_dir = run_dir if run_dir is not None else data.get("run_dir") or default_run_dir(name, profile)
     return StudyConfig(
         name=name,
         experiment=experiment,
@@ -325,25 +333,31 @@ def load_study(
     text = path.read_text(encoding="utf-8")
     if not isinstance(data, Mapping):
         raise ScalingLabError(f"{path}: expected a mapping of study keys ({', '.join(STUDY_KEYS)})")
-    data = copy.deepcopy(dict(data))
+    data = _with_profile(path, copy.deepcopy(dict(data)), profile)
+    if overrides:
+        data = deep_merge(data, parse_overrides(list(overrides)))
+    return parse_study(data, path, text, run_dir, profile)
+
+
+def _with_profile(path: Path, data: dict[str, Any], profile: str | None) -> dict[str, Any]:
+    """The study mapping with its chosen profile merged in (and the profiles removed)."""
     profiles = data.pop("profiles", None) or {}
     if not isinstance(profiles, Mapping):
         raise _fail(str(path), f"profiles: expected a mapping of profile name -> changes, got {profiles!r}")
-    if profile is not None:
-        if profile not in profiles:
-            valid = ", ".join(profiles) or "none (this study defines no profiles)"
-            raise _fail(str(path), f"--profile {profile!r} is not defined; valid profiles are {valid}")
-        if not isinstance(profiles[profile], Mapping):
-            raise _fail(str(path), f"profiles.{profile}: expected a mapping of study changes")
-        data = deep_merge(data, profiles[profile])
-    if overrides:
-        data = deep_merge(data, parse_overrides(list(overrides)))
-    return parse_study(data, path, text, run_dir)
+    if profile is None:
+        return data
+    if profile not in profiles:
+        valid = ", ".join(profiles) or "none (this study defines no profiles)"
+        raise _fail(str(path), f"--profile {profile!r} is not defined; valid profiles are {valid}")
+    if not isinstance(profiles[profile], Mapping):
+        raise _fail(str(path), f"profiles.{profile}: expected a mapping of study changes")
+    return deep_merge(data, profiles[profile])
 
 
-def run_dir_for(study_path_or_run_dir: str | Path) -> Path:
-    """The run folder of a study file (its ``run_dir`` or ``runs/<name>/``), or the folder itself
-    when given a run folder (one holding ``study.json``)."""
+def run_dir_for(study_path_or_run_dir: str | Path, profile: str | None = None) -> Path:
+    """The run folder of a study file (its ``run_dir``, or ``runs/<name>/`` and
+    ``runs/<name>-<profile>/`` for a profile), or the folder itself when given a run folder (one
+    holding ``study.json``)."""
     path = Path(study_path_or_run_dir)
     if path.is_dir():
         if not (path / "study.json").is_file():
@@ -353,5 +367,6 @@ def run_dir_for(study_path_or_run_dir: str | Path) -> Path:
         data = read_yaml(path)
         if not isinstance(data, Mapping) or not isinstance(data.get("name"), str):
             raise _fail(str(path), "name: a study file needs a name")
-        return Path(data.get("run_dir") or Path("runs") / data["name"]).expanduser().resolve()
+        data = _with_profile(path, dict(data), profile)
+        return Path(data.get("run_dir") or default_run_dir(data["name"], profile)).expanduser().resolve()
     raise ScalingLabError(f"{path}: neither a study file nor a run folder")
