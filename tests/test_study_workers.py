@@ -1,0 +1,124 @@
+"""Several workers on one PostgreSQL study (CI sets SCALING_LAB_TEST_POSTGRES_URL): every
+(configuration, seed) runs exactly once, all workers use the same step-2 values, and the trials
+of a worker killed with SIGKILL (a local worker or a Ray driver) are failed and run again."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+
+from scaling_lab.study import load_study
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_study_helpers import write_study  # noqa: E402
+
+POSTGRES_URL = os.environ.get("SCALING_LAB_TEST_POSTGRES_URL")
+pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason="SCALING_LAB_TEST_POSTGRES_URL is not set")
+
+WORKER = """
+import sys
+sys.path.insert(0, {tests!r})
+from scaling_lab.study import load_study, run_study
+import test_study_helpers
+from test_study_helpers import fake_trial
+if {ray!r}:
+    from ray import cloudpickle
+    cloudpickle.register_pickle_by_value(test_study_helpers)
+run_study(load_study({path!r}, run_dir={run_dir!r}), backend={backend!r}, trial_function=fake_trial, out=None)
+"""
+GROUPS = [
+    {"name": "search", "search_space": {"parameters": {"channels": {"type": "grid", "values": [16, 24, 32]}}}},
+    {"name": "scaled", "search_space": {"parameters": {"channels": {"type": "best", "group": "search"}, "feature_network": ["fpn", "bifpn"]}}},
+]
+PLANNED = (3 + 2) * 2  # configurations x 2 seeds
+
+
+def _study(tmp_path: Path) -> Path:
+    path = write_study(tmp_path, name=f"workers-{uuid.uuid4().hex[:8]}", storage=POSTGRES_URL, search_space=None, groups=GROUPS)
+    path.write_text(path.read_text().replace("search_space: null\n", ""))
+    return path
+
+
+def _worker(path: Path, run_dir: Path, backend: str = "local", sleep: float = 0.3) -> subprocess.Popen:
+    env = {
+        **os.environ, "FAKE_TRIAL_SLEEP": str(sleep), "SCALING_LAB_HEARTBEAT_INTERVAL": "1", "SCALING_LAB_HEARTBEAT_GRACE": "4",
+        "RAY_AUTH_MODE": "disabled",
+    }
+    script = WORKER.format(tests=str(Path(__file__).parent), path=str(path), run_dir=str(run_dir), backend=backend, ray=backend == "ray")
+    return subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process: subprocess.Popen, timeout: float = 240) -> None:
+    _, error = process.communicate(timeout=timeout)
+    assert process.returncode == 0, error[-3000:]
+
+
+def _check_every_pair_once(name: str) -> optuna.Study:
+    study = optuna.load_study(study_name=name, storage=POSTGRES_URL)
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    pairs = [(t.user_attrs["config_id"], t.user_attrs["seed"]) for t in done]
+    assert len(pairs) == len(set(pairs)) == PLANNED
+    assert not [t for t in trials if t.state in (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)]
+    best = study.user_attrs["best:search"]["values"]
+    scaled = [t for t in done if t.user_attrs["group"] == "scaled"]
+    assert {t.user_attrs["record"]["spec"]["channels"] for t in scaled} == {best["channels"]} == {32}
+    return study
+
+
+@pytest.mark.slow
+def test_two_workers_started_together_run_each_pair_once(tmp_path):
+    path = _study(tmp_path)
+    workers = [_worker(path, tmp_path / f"run{i}") for i in range(2)]
+    for worker in workers:
+        _finish(worker)
+    study = _check_every_pair_once(load_study(path).name)
+    optuna.delete_study(study_name=study.study_name, storage=POSTGRES_URL)
+
+
+def _kill_mid_trial(process: subprocess.Popen, name: str) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.3)
+        try:
+            study = optuna.load_study(study_name=name, storage=POSTGRES_URL)
+        except KeyError:
+            continue
+        trials = study.get_trials(deepcopy=False)
+        if sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) >= 2 and any(t.state == optuna.trial.TrialState.RUNNING for t in trials):
+            break
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+@pytest.mark.slow
+def test_a_killed_worker_trial_is_failed_and_run_again_by_the_other(tmp_path):
+    path = _study(tmp_path)
+    name = load_study(path).name
+    victim = _worker(path, tmp_path / "victim", sleep=1.0)
+    survivor = _worker(path, tmp_path / "survivor", sleep=1.0)
+    _kill_mid_trial(victim, name)
+    _finish(survivor)
+    study = _check_every_pair_once(name)
+    interrupted = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL and "state" not in t.user_attrs.get("record", {})]
+    assert interrupted, "the killed worker's running trial was neither failed nor run again"
+    optuna.delete_study(study_name=name, storage=POSTGRES_URL)
+
+
+@pytest.mark.slow
+def test_a_killed_ray_driver_trials_are_run_again(tmp_path):
+    pytest.importorskip("ray")
+    path = _study(tmp_path)
+    name = load_study(path).name
+    driver = _worker(path, tmp_path / "run", backend="ray", sleep=1.0)
+    _kill_mid_trial(driver, name)
+    _finish(_worker(path, tmp_path / "run", backend="ray", sleep=0.2), timeout=300)
+    study = _check_every_pair_once(name)
+    assert [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL and "state" not in t.user_attrs.get("record", {})]
+    optuna.delete_study(study_name=name, storage=POSTGRES_URL)
