@@ -82,7 +82,11 @@ def test_two_workers_started_together_run_each_pair_once(tmp_path):
     optuna.delete_study(study_name=study.study_name, storage=POSTGRES_URL)
 
 
-def _kill_mid_trial(process: subprocess.Popen, name: str) -> None:
+def _kill_mid_trial(process: subprocess.Popen, name: str, started_before: subprocess.Popen | None = None) -> None:
+    """SIGKILL ``process`` while it trains a trial (and has finished two). ``started_before``:
+    a worker held back (SIGSTOP) until then, so the running trial is surely the victim's."""
+    if started_before is not None:
+        started_before.send_signal(signal.SIGSTOP)
     deadline = time.time() + 120
     while time.time() < deadline:
         time.sleep(0.3)
@@ -95,6 +99,8 @@ def _kill_mid_trial(process: subprocess.Popen, name: str) -> None:
             break
     process.send_signal(signal.SIGKILL)
     process.wait()
+    if started_before is not None:
+        started_before.send_signal(signal.SIGCONT)
 
 
 @pytest.mark.slow
@@ -103,7 +109,7 @@ def test_a_killed_worker_trial_is_failed_and_run_again_by_the_other(tmp_path):
     name = load_study(path).name
     victim = _worker(path, tmp_path / "victim", sleep=1.0)
     survivor = _worker(path, tmp_path / "survivor", sleep=1.0)
-    _kill_mid_trial(victim, name)
+    _kill_mid_trial(victim, name, started_before=survivor)
     _finish(survivor)
     study = _check_every_pair_once(name)
     interrupted = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL and "state" not in t.user_attrs.get("record", {})]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -222,7 +223,7 @@ class StudySession:
     def reconcile(self, group: Group) -> None:
         """Make the stored plan of this group whole (see the module docstring)."""
         with storage.planning_lock(self.storage, self.config.name):
-            storage.fail_stale_trials(self.study)
+            storage.fail_stale_trials(self.study, self.storage)
             trials = self._group_trials(group)
             live = self._live_keys(trials)
             for trial in trials:
@@ -283,7 +284,9 @@ class StudySession:
                 started = {t.user_attrs.get("config_id") for t in trials if t.user_attrs.get("group") == group.name and (t.state == TrialState.RUNNING or results.trial_state(t) is not None)}
                 if len(started - {None}) >= group.trials:
                     return None
-            trial = self.study.ask()
+            with warnings.catch_warnings():  # heartbeats are ours (storage.Heartbeat), not Study.optimize's
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                trial = self.study.ask()
             return (trial, *self._start(trial, group))
 
     def _start(self, trial: optuna.Trial, current: Group) -> tuple[Group, SearchSpace, dict[str, Any], int, str]:

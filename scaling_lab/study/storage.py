@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import random
 import threading
+import time
 import warnings
 from typing import Iterable, Iterator
 
@@ -66,13 +68,29 @@ def open_storage(url: str, where: str) -> BaseStorage:
             return JournalStorage(JournalFileBackend(url[len("journal:///") - 1 :]))
         if is_local(url):
             return RDBStorage(url)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, heartbeat_interval=heartbeat_interval(), grace_period=heartbeat_grace())
+        return _shared_storage(url)
     except ModuleNotFoundError as exc:
         raise ScalingLabError(f"{where}: storage {url!r} needs the database driver {exc.name!r}; install it (pip install 'scaling-lab[postgres]')") from None
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds for a bad URL or an unreachable server
         raise ScalingLabError(f"{where}: storage {url!r} cannot be opened ({type(exc).__name__}: {exc}); give sqlite, journal or a reachable SQLAlchemy URL") from None
+
+
+def _shared_storage(url: str, attempts: int = 3) -> RDBStorage:
+    """A shared database's storage. Workers started together on an empty database race to
+    create Optuna's tables; the loser finds them made when it tries again."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    def connect() -> RDBStorage:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, heartbeat_interval=heartbeat_interval(), grace_period=heartbeat_grace())
+
+    for _ in range(attempts - 1):
+        try:
+            return connect()
+        except (IntegrityError, ProgrammingError):
+            time.sleep(0.5 + random.random())
+    return connect()
 
 
 def _lock_key(study_name: str) -> int:
@@ -80,11 +98,16 @@ def _lock_key(study_name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"scaling-lab:{study_name}".encode()).digest()[:8], "big", signed=True)
 
 
+_held = threading.local()  # planning locks this thread holds (the lock is re-entrant)
+
+
 @contextlib.contextmanager
 def planning_lock(storage: BaseStorage, study_name: str) -> Iterator[None]:
     """Hold the study's planning lock. A file storage has one writer (the run folder's lock), so
-    it needs none; PostgreSQL and MySQL take a session lock that dies with the worker."""
-    if not isinstance(storage, RDBStorage) or is_local(str(storage.engine.url)):
+    it needs none; PostgreSQL and MySQL take a session lock that dies with the worker. Taking it
+    again inside is free (planning a trial may resolve a group's best values)."""
+    held = _held.__dict__.setdefault("names", set())
+    if not isinstance(storage, RDBStorage) or is_local(str(storage.engine.url)) or study_name in held:
         yield
         return
     from sqlalchemy import text
@@ -103,9 +126,11 @@ def planning_lock(storage: BaseStorage, study_name: str) -> Iterator[None]:
                 "use sqlite or journal for a study run by one process"
             )
         connection.commit()
+        held.add(study_name)
         try:
             yield
         finally:
+            held.discard(study_name)
             connection.execute(*release)
             connection.commit()
 
@@ -163,10 +188,11 @@ class Heartbeat:
         self.close()
 
 
-def fail_stale_trials(study: optuna.Study) -> None:
-    """Fail running trials whose worker stopped beating (their record says nothing, so they
-    count as interrupted and are enqueued again by the next plan)."""
-    if heartbeats_enabled(study._storage):
+def fail_stale_trials(study: optuna.Study, storage: BaseStorage) -> None:
+    """Fail the study's running trials whose worker stopped beating (their record says nothing,
+    so they count as interrupted and are enqueued again by the next plan). ``storage``: the
+    study's storage as opened (the study wraps it in a cache)."""
+    if heartbeats_enabled(storage):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
