@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -89,14 +90,16 @@ def _kill_mid_trial(process: subprocess.Popen, name: str, started_before: subpro
         started_before.send_signal(signal.SIGSTOP)
     deadline = time.time() + 120
     while time.time() < deadline:
-        time.sleep(0.3)
+        time.sleep(0.1)
         try:
             study = optuna.load_study(study_name=name, storage=POSTGRES_URL)
         except KeyError:
             continue
         trials = study.get_trials(deepcopy=False)
-        if sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) >= 2 and any(t.state == optuna.trial.TrialState.RUNNING for t in trials):
-            break
+        now = datetime.now()
+        just_started = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and (now - t.datetime_start).total_seconds() < 0.5]
+        if sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) >= 2 and just_started:
+            break  # a trial of about a second has just started: the kill lands inside it
     process.send_signal(signal.SIGKILL)
     process.wait()
     if started_before is not None:
@@ -126,5 +129,6 @@ def test_a_killed_ray_driver_trials_are_run_again(tmp_path):
     _kill_mid_trial(driver, name)
     _finish(_worker(path, tmp_path / "run", backend="ray", sleep=0.2), timeout=300)
     study = _check_every_pair_once(name)
-    assert [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL and "state" not in t.user_attrs.get("record", {})]
+    interrupted = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL and "state" not in t.user_attrs.get("record", {})]
+    assert interrupted, [(t.number, t.state.name, t.user_attrs.get("record", {}).get("state")) for t in study.trials]
     optuna.delete_study(study_name=name, storage=POSTGRES_URL)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import time
 from typing import Any, Mapping
 
@@ -66,6 +67,15 @@ class StudySearcher(Searcher):
         self.session, self.group, self.heartbeat = session, group, heartbeat
         self.trials: dict[str, Any] = {}
         self.awaiting_latency: list[tuple[Any, Outcome]] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its searcher with the experiment; the driver's session, heartbeat thread
+        and open trials stay behind: the Optuna storage, not Tune's checkpoint, is what resumes."""
+        return {key: value for key, value in self.__dict__.items() if key not in ("session", "heartbeat", "trials", "awaiting_latency")}
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump(self.__getstate__(), handle)
 
     def suggest(self, trial_id: str) -> dict | str | None:
         started = self.session.next_trial(self.group)
