@@ -55,7 +55,9 @@ class Task:
     in float32 unless ``bf16_cpu``. ``augment`` turns on the loader's flip and scale jitter.
     ``adapt_num_classes``: a spec whose ``num_classes`` differs from the dataset's is trained
     with the dataset's (and the trial says so in its notes) instead of being an error.
-    ``latency`` times the model at batch 1 on the trial's device.
+    ``latency`` times the model at batch 1 on the trial's device after training (a standalone
+    run, which has the device to itself); studies turn it off, since their trials may share a
+    device, and time each spec alone from the driver (``scaling_lab.measure.measure_latency``).
     """
 
     kind: str = "detection"

@@ -17,7 +17,7 @@ import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Mapping, TextIO
 
 import optuna
 import pandas as pd
@@ -29,6 +29,9 @@ from scaling_lab.study import results
 from scaling_lab.study.config import Group, StudyConfig
 from scaling_lab.study.search_space import InfeasibleCandidate, SearchSpace, config_id
 from scaling_lab.trial import TrialResult
+
+if TYPE_CHECKING:
+    from scaling_lab.measure import Latency
 
 TrialFunction = Callable[..., TrialResult]
 # (epoch, metrics, record so far): called after each validation; may raise to stop the trial.
@@ -82,7 +85,12 @@ class CandidateRunner:
     def checkpoint_dir(self, cid: str, seed: int) -> Path:
         return self.config.run_dir / "checkpoints" / f"{cid}-seed{seed}"
 
-    def run(self, space: SearchSpace, values: Mapping[str, Any], seed: int, cid: str, on_epoch: EpochHook) -> Outcome:
+    def run(
+        self, space: SearchSpace, values: Mapping[str, Any], seed: int, cid: str, on_epoch: EpochHook, latency: Latency | None = None
+    ) -> Outcome:
+        """``latency``: the spec's latency as the driver timed it (``measure_latency``); without
+        it, a study that needs latency times it here, before training, which is right only where
+        this runner is the driver running one trial at a time (the local backend)."""
         started = time.time()
         record: dict[str, Any] = {"params": dict(values), "seed": seed, "started": results.now_iso(), "curve": [], "epochs_done": 0}
 
@@ -104,6 +112,14 @@ class CandidateRunner:
         reason = space.violation(record["costs"], self.base_costs)
         if reason:
             return finish("rejected", f"rejected by constraint: {reason}")
+        if self.config.needs_latency:
+            from scaling_lab.measure import measure_latency
+
+            latency = latency or measure_latency(spec)
+            record["latency"] = latency.to_dict()
+            record["costs"]["latency_ms"] = latency.batch1_ms
+            if latency.batch1_ms is None and any(o.metric == "latency_ms" for o in self.config.objectives):
+                return finish("failed", f"latency unstable, so not a figure (the device was busy?): {latency.batch1.describe()}; run again to time it again")
 
         def report(epoch: int, metrics: Mapping[str, float]) -> None:
             record["curve"].append({"epoch": epoch, **metrics})
@@ -111,20 +127,15 @@ class CandidateRunner:
             on_epoch(epoch, metrics, record)
 
         try:
+            # Trials may share a device (Ray, gpus: auto), so they never time themselves.
             result = self.trial_function(
-                spec, self.config.task, self.config.budget, report=report, seed=seed,
+                spec, replace(self.config.task, latency=False), self.config.budget, report=report, seed=seed,
                 checkpoint_dir=self.checkpoint_dir(cid, seed), progress=False,
             )
-            latency = result.latency_ms
-            if latency is None and self.config.needs_latency:
-                from scaling_lab.measure import measure
-
-                latency = measure(spec, latency=True, batch_size=1).latency.batch1_ms
         except optuna.TrialPruned:
             return finish("pruned", "stopped early by the pruner")
         except Exception as exc:  # noqa: BLE001 - any trial error (CUDA OOM, NaN loss) is recorded, the study goes on
             return finish("failed", f"{type(exc).__name__}: {exc}")
-        record["costs"]["latency_ms"] = latency
         record.update(metrics=dict(result.metrics), curve=list(result.curve), epochs_done=self.config.budget.epochs)
         objective_values = []
         for objective in self.config.objectives:
