@@ -29,7 +29,7 @@ from scaling_lab.train import (
     run_trial,
 )
 from scaling_lab.train import commands, trainer
-from scaling_lab.train.anchors import IGNORED, NEGATIVE
+from scaling_lab.train.anchors import IGNORED, NEGATIVE, AnchorTargets
 from scaling_lab.train.evaluate import detection_results, topk_correct
 from scaling_lab.trial import Budget, Task
 
@@ -364,3 +364,31 @@ def test_small_detector_overfits_sixteen_images():
     )
     result = run_trial(spec, task, Budget(epochs=60, eval_every=60))
     assert result.metrics["AP50"] >= 0.9, result.curve
+
+
+# --------------------------------------------------------------------------------------------
+# The official constants, pinned by hand-computed values (each fails if its constant changes)
+
+
+def test_an_anchor_at_iou_0_55_is_positive():
+    # The box [0, 0, 100, 100] claims the identical anchor 0 (IoU 1) for itself; anchor 1 covers
+    # its lower 55 %: IoU 5500 / 10000 = 0.55, positive by the official 0.5 threshold alone.
+    anchors = torch.tensor([[0.0, 0, 100, 100], [0, 0, 100, 55]])
+    targets = match_anchors(anchors, torch.tensor([[[0.0, 0, 100, 100]]]), torch.tensor([[3]]))
+    assert targets.classes.tolist() == [[3, 3]]
+    # (ty, tx, th, tw) of the box on anchor 1: centre y 50 vs 27.5 over height 55, log(100 / 55).
+    assert targets.boxes[0, 1].tolist() == pytest.approx([22.5 / 55, 0.0, math.log(100 / 55), 0.0], rel=1e-5)
+
+
+def test_box_loss_is_huber_with_delta_0_1_weighted_50():
+    # One positive anchor (class 0 of 1, logit 0) whose box deltas are predicted as 0 against
+    # targets (0.2, -0.3, 0.05, 0.4). Huber with delta 0.1: 0.1·(|x| - 0.05) outside, 0.5·x² inside:
+    # 0.015 + 0.025 + 0.00125 + 0.035 = 0.07625; over 4 · (1 positive + 1) = 0.00953125.
+    # Focal term of the positive: 0.25 · 0.5^1.5 · ln 2 = 0.0612661, over (1 + 1) = 0.0306331.
+    targets = AnchorTargets(classes=torch.tensor([[0]]), boxes=torch.tensor([[[0.2, -0.3, 0.05, 0.4]]]))
+    loss = detection_loss(torch.zeros(1, 1, 1), torch.zeros(1, 1, 4), targets)
+    assert loss.boxes.item() == pytest.approx(0.00953125, rel=1e-5)
+    class_loss = 0.25 * 0.5**1.5 * math.log(2) / 2
+    assert loss.classes.item() == pytest.approx(class_loss, rel=1e-5)
+    assert loss.total.item() == pytest.approx(class_loss + 50 * 0.00953125, rel=1e-5)  # 0.5071956
+
