@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 
@@ -392,3 +393,21 @@ def test_box_loss_is_huber_with_delta_0_1_weighted_50():
     assert loss.classes.item() == pytest.approx(class_loss, rel=1e-5)
     assert loss.total.item() == pytest.approx(class_loss + 50 * 0.00953125, rel=1e-5)  # 0.5071956
 
+
+# --------------------------------------------------------------------------------------------
+# The learning rate
+
+
+def test_default_lr_scales_linearly_from_the_official_0_08_at_batch_64():
+    assert Task(batch_size=64).peak_lr == pytest.approx(0.08)
+    assert Task(batch_size=16).peak_lr == pytest.approx(0.02)
+    assert Task(batch_size=128).peak_lr == pytest.approx(0.16)
+    assert Task.from_dict({"batch_size": 32}, "study.yaml: task").peak_lr == pytest.approx(0.04)
+    # It follows the batch size however the task was made; an explicit lr is kept as given.
+    assert dataclasses.replace(Task(batch_size=64), batch_size=8).peak_lr == pytest.approx(0.01)
+    assert Task(batch_size=16, lr=0.05).peak_lr == 0.05
+    optimizer = trainer.make_optimizer(torch.nn.Linear(2, 2), Task(batch_size=32))
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([0.04, 0.04])
+    with pytest.raises(ScalingLabError, match="task lr: optimizer adamw has no official base rate"):
+        Task(optimizer="adamw")
+    assert Task(optimizer="adamw", lr=1e-3).peak_lr == 1e-3

@@ -224,8 +224,8 @@ def make_optimizer(model: nn.Module, task: Task) -> torch.optim.Optimizer:
     undecayed = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [{"params": decayed, "weight_decay": task.weight_decay}, {"params": undecayed, "weight_decay": 0.0}]
     if task.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=task.lr, momentum=SGD_MOMENTUM)
-    return torch.optim.AdamW(groups, lr=task.lr)
+        return torch.optim.SGD(groups, lr=task.peak_lr, momentum=SGD_MOMENTUM)
+    return torch.optim.AdamW(groups, lr=task.peak_lr)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -439,7 +439,7 @@ def run_trial(
                     if not math.isfinite(mean_loss):
                         raise TrainingDiverged(
                             f"training diverged: the loss became {mean_loss} in epoch {epoch + 1} (by step {step}) "
-                            f"of spec {spec.spec_hash} with lr {task.lr}; lower task lr or set grad_clip"
+                            f"of spec {spec.spec_hash} with lr {task.peak_lr}; lower task lr or set grad_clip"
                         )
                     bar.set_postfix(epoch=epoch + 1, loss=f"{mean_loss:.4f}")
                 bar.update()
