@@ -282,9 +282,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-def time_latency(
-    spec: Spec, batch_size: int = 8, device: str | None = None, dtype: str = "float32", clock: Callable[[], float] = time.perf_counter
-) -> Latency:
+def time_latency(spec: Spec, batch_size: int = 8, device: str | None = None, dtype: str = "float32") -> Latency:
     """Time the forward pass at batch 1 and at ``batch_size`` (see ``time_repeated``), uncached
     and without the device lock: callers want ``measure_latency``."""
     device = str(resolve_device(device))
@@ -301,7 +299,7 @@ def time_latency(
                 torch.cuda.synchronize(device)
 
         with torch.inference_mode(), torch.autocast(device_type=device.split(":")[0], dtype=DTYPES[dtype], enabled=dtype != "float32"):
-            return time_repeated(forward, clock=clock)
+            return time_repeated(forward)
 
     batch1 = timing(1)
     return Latency(_device_name(device), dtype, batch_size, batch1, batch1 if batch_size == 1 else timing(batch_size))
