@@ -251,13 +251,18 @@ def test_zero_detections_score_ap_0():
 # Trials
 
 
-def test_detection_trial_returns_metrics_curve_and_measurements():
+def test_detection_trial_returns_metrics_curve_and_measurements(monkeypatch):
+    from scaling_lab.measure import Latency, Timing
+
+    timed = []  # a standalone trial times its spec alone after training (the figures are measure's business)
+    timing = Timing(3.0, 2.9, 3.1, 2.8, 3.5, 10, 1, True)
+    monkeypatch.setattr(trainer, "measure_latency", lambda spec, batch, device, dtype: timed.append(batch) or Latency("cpu:test", dtype, batch, timing, timing))
     reports = []
     result = run_trial(TINY_DETECTOR, tiny_task(latency=True), Budget(epochs=2), report=lambda epoch, metrics: reports.append(epoch))
     assert set(result.metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     assert all(0 <= value <= 1 for value in result.metrics.values() if not math.isnan(value))
     assert [entry["epoch"] for entry in result.curve] == reports == [1, 2]
-    assert result.params > 0 and result.flops > 0 and result.latency_ms > 0 and result.notes == []
+    assert result.params > 0 and result.flops > 0 and result.latency_ms == 3.0 and timed == [1] and result.notes == []
     assert json.loads(json.dumps(result.to_dict()))["spec_hash"] == TINY_DETECTOR.spec_hash
 
 
