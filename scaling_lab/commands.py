@@ -85,7 +85,13 @@ def measure_command(args: argparse.Namespace) -> int:
     print(f"activations  {result.activations:>15,}  ({_human(result.activations)})")
     if result.latency:
         lat = result.latency
-        print(f"latency      {lat.batch1_ms:.2f} ms at batch 1, {lat.batch_ms:.2f} ms at batch {lat.batch_size} ({lat.images_per_second:.1f} images/s) on {lat.device}, {lat.dtype}")
+        print(f"latency      on {lat.device}, {lat.dtype}")
+        print(f"  batch 1    {lat.batch1.describe()}")
+        if lat.batch_size != 1:
+            rate = f" ({lat.images_per_second:.1f} images/s)" if lat.images_per_second else ""
+            print(f"  batch {lat.batch_size:<4} {lat.batch.describe()}{rate}")
+        if not lat.stable:
+            print("  an unstable timing is no figure: something else is using the device; time it again when it is idle")
     print()
     _print_table([{"part": part, **{k: _human(v) for k, v in values.items()}} for part, values in result.breakdown.items()])
     return 0

@@ -6,13 +6,22 @@ feature fusion uses (add, mul, div, softmax, sigmoid, relu) are counted by extra
 reported apart as ``flops_elementwise``, so fusion rules differ in cost while ``flops`` stays
 comparable with the papers.
 
-Counts are cached on disk by spec hash and library versions; latencies by spec hash, device,
-batch size and dtype.
+Counts are cached on disk by spec hash, library versions and a fingerprint of the source that
+builds and counts the model (so edited code never serves stale figures); latencies by the same
+key plus device, batch size and dtype.
+
+Latency is a figure of the model alone on its device: ``measure_latency`` times it under a
+per-device lock, and studies call it from their driver, never from trials that share a device.
+Each timing is the median of repeated forwards after warm-up, kept with its spread; a median its
+repeats do not support is re-timed, and if still unsupported reported as unstable (no number).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import functools
+import hashlib
 import json
 import math
 import os
@@ -23,7 +32,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -47,21 +56,118 @@ PARTS = {
 }
 
 
+# Source files (relative to the package) whose code decides a spec's counts.
+COUNTED_SOURCES = ("spec.py", "scaling.py", "measure.py", "models")
+# Latency timing: LATENCY_RUNS timed forwards after LATENCY_WARMUP untimed ones, per attempt. A
+# median stands when the interquartile range of its runs is at most MAX_RELATIVE_SPREAD of it;
+# otherwise the whole attempt (warm-up included) is repeated, up to LATENCY_ATTEMPTS in all.
+LATENCY_WARMUP, LATENCY_RUNS, LATENCY_ATTEMPTS = 3, 10, 3
+MAX_RELATIVE_SPREAD = 0.2
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("SCALING_LAB_CACHE", Path.home() / ".cache" / "scaling-lab"))
 
 
 @dataclass(frozen=True)
+class Timing:
+    """Repeated timings of one forward pass (ms): the median and its spread, and whether the
+    spread supports the median (``stable``); ``attempts`` counts the rounds it took."""
+
+    median_ms: float
+    q1_ms: float
+    q3_ms: float
+    min_ms: float
+    max_ms: float
+    runs: int
+    attempts: int
+    stable: bool
+
+    @property
+    def relative_spread(self) -> float:
+        """Interquartile range over the median."""
+        return (self.q3_ms - self.q1_ms) / self.median_ms if self.median_ms > 0 else math.inf
+
+    @property
+    def ms(self) -> float | None:
+        """The median, or None when its repeats do not support it."""
+        return self.median_ms if self.stable else None
+
+    def describe(self) -> str:
+        state = "" if self.stable else f" UNSTABLE after {self.attempts} attempts"
+        return (
+            f"median {self.median_ms:.3g} ms, IQR {self.q1_ms:.3g}-{self.q3_ms:.3g} ms "
+            f"({self.relative_spread:.0%} of the median), min {self.min_ms:.3g}, max {self.max_ms:.3g}, {self.runs} runs{state}"
+        )
+
+
+def summarize_timings(timings_ms: list[float], attempts: int = 1, max_relative_spread: float = MAX_RELATIVE_SPREAD) -> Timing:
+    """Median, quartiles and range of one attempt's runs; stable when IQR <= max_relative_spread · median."""
+    if len(timings_ms) < 2:
+        raise ValueError(f"a timing needs at least 2 runs, got {len(timings_ms)}")
+    q1, median, q3 = statistics.quantiles(timings_ms, n=4, method="inclusive")
+    stable = median > 0 and (q3 - q1) <= max_relative_spread * median
+    return Timing(median, q1, q3, min(timings_ms), max(timings_ms), len(timings_ms), attempts, stable)
+
+
+def time_repeated(
+    run_once: Callable[[], Any],
+    warmup: int = LATENCY_WARMUP,
+    runs: int = LATENCY_RUNS,
+    attempts: int = LATENCY_ATTEMPTS,
+    max_relative_spread: float = MAX_RELATIVE_SPREAD,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Timing:
+    """Time ``run_once`` (which must wait for its own work, e.g. a CUDA synchronize): warm-up,
+    then ``runs`` timed calls; an attempt whose spread does not support its median is repeated,
+    and the last attempt is returned (``stable`` False) when none does. ``clock`` is in seconds."""
+    for attempt in range(1, attempts + 1):
+        for _ in range(warmup):
+            run_once()
+        timings = []
+        for _ in range(runs):
+            start = clock()
+            run_once()
+            timings.append((clock() - start) * 1000)
+        timing = summarize_timings(timings, attempt, max_relative_spread)
+        if timing.stable:
+            return timing
+    return timing
+
+
+@dataclass(frozen=True)
 class Latency:
+    """Forward latency in eval mode at batch 1 and at ``batch_size`` (the same timing when 1)."""
+
     device: str
     dtype: str
     batch_size: int
-    batch1_ms: float
-    batch_ms: float
+    batch1: Timing
+    batch: Timing
 
     @property
-    def images_per_second(self) -> float:
-        return 1000.0 * self.batch_size / self.batch_ms
+    def stable(self) -> bool:
+        return self.batch1.stable and self.batch.stable
+
+    @property
+    def batch1_ms(self) -> float | None:
+        return self.batch1.ms
+
+    @property
+    def batch_ms(self) -> float | None:
+        return self.batch.ms
+
+    @property
+    def images_per_second(self) -> float | None:
+        return 1000.0 * self.batch_size / self.batch.ms if self.batch.ms else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Latency":
+        return cls(**{**data, "batch1": Timing(**data["batch1"]), "batch": Timing(**data["batch"])})
 
 
 @dataclass(frozen=True)
@@ -78,6 +184,24 @@ class Measurement:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@functools.lru_cache(maxsize=None)
+def source_fingerprint(root: Path = Path(__file__).parent, sources: tuple[str, ...] = COUNTED_SOURCES) -> str:
+    """Hash of the Python source that builds and counts models (``COUNTED_SOURCES`` under
+    ``root``): part of the cache key, since the package version does not change with edits."""
+    digest = hashlib.sha256()
+    for source in sources:
+        path = root / source
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def measurement_key(spec: Spec) -> str:
+    """Cache key of a spec's counts: spec hash, counting source and library versions."""
+    versions = library_versions()
+    return f"{spec.spec_hash}-src{source_fingerprint()}-{'-'.join(f'{k}{v}' for k, v in sorted(versions.items()))}"
 
 
 def library_versions() -> dict[str, str]:
@@ -158,28 +282,27 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-def time_latency(spec: Spec, batch_size: int = 8, device: str | None = None, dtype: str = "float32", warmup: int = 3, runs: int = 10) -> Latency:
-    """Median forward latency after warm-up, at batch 1 and at ``batch_size``, in eval mode."""
+def time_latency(spec: Spec, batch_size: int = 8, device: str | None = None, dtype: str = "float32") -> Latency:
+    """Time the forward pass at batch 1 and at ``batch_size`` (see ``time_repeated``), uncached
+    and without the device lock: callers want ``measure_latency``."""
     device = str(resolve_device(device))
+    if dtype not in DTYPES:
+        raise ScalingLabError(f"latency dtype {dtype!r} is not valid; valid dtypes are {', '.join(DTYPES)}")
     model = build_model(spec).eval().to(device, memory_format=torch.channels_last)
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
-    def median_ms(batch: int) -> float:
+    def timing(batch: int) -> Timing:
         images = torch.randn(batch, 3, spec.resolution, spec.resolution, device=device).to(memory_format=torch.channels_last)
-        timings = []
-        with torch.inference_mode(), torch.autocast(device_type=device.split(":")[0], dtype=torch_dtype, enabled=dtype != "float32"):
-            for i in range(warmup + runs):
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                model(images)
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                if i >= warmup:
-                    timings.append((time.perf_counter() - start) * 1000)
-        return statistics.median(timings)
 
-    return Latency(device=_device_name(device), dtype=dtype, batch_size=batch_size, batch1_ms=median_ms(1), batch_ms=median_ms(batch_size))
+        def forward() -> None:
+            model(images)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize(device)
+
+        with torch.inference_mode(), torch.autocast(device_type=device.split(":")[0], dtype=DTYPES[dtype], enabled=dtype != "float32"):
+            return time_repeated(forward)
+
+    batch1 = timing(1)
+    return Latency(_device_name(device), dtype, batch_size, batch1, batch1 if batch_size == 1 else timing(batch_size))
 
 
 def _device_name(device: str) -> str:
@@ -202,6 +325,33 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(handle.name, path)
 
 
+def measure_latency(
+    spec: Spec, batch_size: int = 1, device: str | None = None, dtype: str = "float32", use_cache: bool = True
+) -> Latency:
+    """The spec's latency on ``device``, timed alone: cached per counting key, device name, batch
+    size and dtype; timed (only stable results are cached) under a lock per device, so two
+    timings on one machine never overlap. Call it where nothing else runs on the device (a
+    study's driver between trials), never from a trial that shares one."""
+    if batch_size < 1:
+        raise ScalingLabError(f"latency batch size {batch_size} must be at least 1")
+    device = str(resolve_device(device))
+    device_name = _device_name(device)
+    path = cache_dir() / "latency" / f"{measurement_key(spec)}-{device_name}-b{batch_size}-{dtype}.json".replace("/", "_")
+    cached = _read_json(path) if use_cache else None
+    if cached is not None:
+        try:
+            return Latency.from_dict(cached)
+        except (TypeError, KeyError):
+            pass  # an entry of another format: time again
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".lock-{device_name.replace('/', '_')}", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        timed = time_latency(spec, batch_size, device, dtype)
+    if use_cache and timed.stable:
+        _write_json(path, timed.to_dict())
+    return timed
+
+
 def measure(
     spec: Spec,
     latency: bool = False,
@@ -210,24 +360,12 @@ def measure(
     dtype: str = "float32",
     use_cache: bool = True,
 ) -> Measurement:
-    """Count (and optionally time) a spec, reading and filling the on-disk cache."""
-    versions = library_versions()
-    key = f"{spec.spec_hash}-{'-'.join(f'{k}{v}' for k, v in sorted(versions.items()))}"
-    counts_path = cache_dir() / "measure" / f"{key}.json"
+    """Count (and optionally time, see ``measure_latency``) a spec, reading and filling the on-disk cache."""
+    counts_path = cache_dir() / "measure" / f"{measurement_key(spec)}.json"
     counts = _read_json(counts_path) if use_cache else None
     if counts is None:
         counts = count(spec)
         if use_cache:
             _write_json(counts_path, counts)
-    timed = None
-    if latency:
-        if batch_size < 1:
-            raise ScalingLabError(f"latency batch size {batch_size} must be at least 1")
-        device = str(resolve_device(device))
-        latency_path = cache_dir() / "latency" / f"{key}-{_device_name(device)}-b{batch_size}-{dtype}.json".replace("/", "_")
-        cached = _read_json(latency_path) if use_cache else None
-        timed = Latency(**cached) if cached else time_latency(spec, batch_size, device, dtype)
-        if use_cache and cached is None:
-            _write_json(latency_path, dataclasses.asdict(timed))
-    return Measurement(spec_hash=spec.spec_hash, latency=timed, versions=versions, **counts)
-
+    timed = measure_latency(spec, batch_size, device, dtype, use_cache) if latency else None
+    return Measurement(spec_hash=spec.spec_hash, latency=timed, versions=library_versions(), **counts)

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 from scaling_lab.errors import SpecError
-from scaling_lab.spec import BackboneSpec, DetectorSpec
+from scaling_lab.spec import BackboneSpec, DetectorSpec, nearest_multiple
 
 CHANNEL_DIVISOR = 8
 
@@ -34,9 +34,9 @@ def round_repeats(repeats: int, depth: float = 1.0) -> int:
 
 
 def snap_resolution(resolution: float, max_level: int) -> int:
-    """The nearest multiple of 2^max_level (at least one), so every pyramid level divides evenly."""
+    """The nearest multiple of 2^max_level (halves up; at least one), so every pyramid level divides evenly."""
     stride = 2**max_level
-    return max(stride, int(round(resolution / stride)) * stride)
+    return max(stride, nearest_multiple(resolution, stride))
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def scale_backbone(base: BackboneSpec, multipliers: Multipliers) -> BackboneSpec
     return base.replace(
         depth=round(base.depth * multipliers.depth, 6),
         width=round(base.width * multipliers.width, 6),
-        resolution=int(round(base.resolution * multipliers.resolution)),
+        resolution=nearest_multiple(base.resolution * multipliers.resolution, 1),
     )
 
 

@@ -180,6 +180,12 @@ def coerce_field(where: str, value: Any, hint: Any) -> Any:
     raise TypeError(f"unsupported spec field type {hint!r}")  # a programming error, not bad input
 
 
+def nearest_multiple(value: float, multiple: int) -> int:
+    """``value`` rounded to the nearest multiple of ``multiple``, halves up (576 and 704 both
+    go up to 640 and 768 at 128), the one rounding of resolutions everywhere."""
+    return math.floor(value / multiple + 0.5 + 1e-9) * multiple  # 1e-9: a half reached through float error is a half
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise SpecError(message)
@@ -276,7 +282,7 @@ class DetectorSpec(_SpecBase):
         _check(
             self.resolution % stride == 0,
             f"resolution {self.resolution} must be divisible by 2^max_level = {stride} "
-            f"(e.g. {max(stride, round(self.resolution / stride) * stride)})",
+            f"(e.g. {max(stride, nearest_multiple(self.resolution, stride))})",
         )
         _check_choice("fusion", self.fusion, FUSIONS)
         _check_choice("fusion_weights", self.fusion_weights, FUSION_WEIGHTS)

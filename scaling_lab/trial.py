@@ -16,6 +16,9 @@ from scaling_lab.spec import coerce_field
 
 TASK_KINDS = ("detection", "classification")
 OPTIMIZERS = ("sgd", "adamw")
+# The official EfficientDet recipe: SGD at lr 0.08 for a global batch of 64, scaled linearly
+# with the batch (Goyal et al.'s linear scaling rule) when ``lr`` is not given.
+BASE_LR, BASE_BATCH_SIZE = 0.08, 64
 
 
 def _from_mapping(cls, data: Mapping[str, Any] | None, where: str):
@@ -47,15 +50,17 @@ class Task:
     2017: ``train2017/`` and ``annotations/instances_train2017.json``); for classification
     ``<data>/{train,val}/<class name>/*``.
 
-    Training follows the official recipe where it has one: ``lr`` is the peak learning rate,
-    reached by a linear warm-up from a tenth of it over ``warmup_epochs``, then cosine decay to
+    Training follows the official recipe where it has one: ``lr`` is the peak learning rate
+    (default for SGD: 0.08 · batch_size / 64, see ``peak_lr``; AdamW needs it given), reached by a linear warm-up from a tenth of it over ``warmup_epochs``, then cosine decay to
     0; weight decay skips biases and norm weights; ``grad_clip`` is a max gradient norm (0 =
     off); ``ema`` is the decay of an exponential moving average of the weights, used for
     validation when above 0. ``bf16`` (autocast) and ``channels_last`` apply on CUDA; CPU runs
     in float32 unless ``bf16_cpu``. ``augment`` turns on the loader's flip and scale jitter.
     ``adapt_num_classes``: a spec whose ``num_classes`` differs from the dataset's is trained
     with the dataset's (and the trial says so in its notes) instead of being an error.
-    ``latency`` times the model at batch 1 on the trial's device.
+    ``latency`` times the model at batch 1 on the trial's device after training (a standalone
+    run, which has the device to itself); studies turn it off, since their trials may share a
+    device, and time each spec alone from the driver (``scaling_lab.measure.measure_latency``).
     """
 
     kind: str = "detection"
@@ -67,7 +72,7 @@ class Task:
     val_annotations: str | None = None
     batch_size: int = 16
     optimizer: str = "sgd"
-    lr: float = 0.08
+    lr: float | None = None
     weight_decay: float = 4e-5
     warmup_epochs: float = 1.0
     grad_clip: float = 10.0
@@ -87,8 +92,13 @@ class Task:
             raise ScalingLabError(f"task optimizer {self.optimizer!r} is not valid; valid values are {', '.join(OPTIMIZERS)}")
         if self.batch_size < 1:
             raise ScalingLabError(f"task batch_size {self.batch_size} must be at least 1")
-        if self.lr <= 0:
+        if self.lr is not None and self.lr <= 0:
             raise ScalingLabError(f"task lr {self.lr} must be positive")
+        if self.lr is None and self.optimizer != "sgd":
+            raise ScalingLabError(
+                f"task lr: optimizer {self.optimizer} has no official base rate to scale with the batch; give lr "
+                "(e.g. 0.001), or use sgd, whose default is 0.08 · batch_size / 64"
+            )
         if self.weight_decay < 0 or self.warmup_epochs < 0 or self.grad_clip < 0:
             raise ScalingLabError(
                 f"task weight_decay {self.weight_decay}, warmup_epochs {self.warmup_epochs} and grad_clip "
@@ -96,6 +106,11 @@ class Task:
             )
         if not 0 <= self.ema < 1:
             raise ScalingLabError(f"task ema {self.ema} must be in [0, 1) (0 = off; the official decay is 0.9998)")
+
+    @property
+    def peak_lr(self) -> float:
+        """``lr`` as given, else the official 0.08 at batch 64 scaled linearly to ``batch_size``."""
+        return self.lr if self.lr is not None else BASE_LR * self.batch_size / BASE_BATCH_SIZE
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, where: str = "task") -> "Task":

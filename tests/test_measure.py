@@ -55,5 +55,6 @@ def test_latency_is_timed_at_batch_one_and_batch_n():
     result = measure(TINY, latency=True, batch_size=2, use_cache=False)
     # Only what does not depend on timing noise: the figures themselves are benchmarks' business.
     assert result.latency.batch_size == 2 and result.latency.dtype == "float32"
-    assert result.latency.batch1_ms > 0 and result.latency.batch_ms > 0
+    for timing in (result.latency.batch1, result.latency.batch):
+        assert timing.runs == 10 and 0 < timing.min_ms <= timing.q1_ms <= timing.median_ms <= timing.q3_ms <= timing.max_ms
     assert result.latency.device.startswith("cpu")

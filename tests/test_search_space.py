@@ -95,3 +95,21 @@ def test_unenumerable_parameter_in_grid():
 def test_unknown_top_level_key():
     with pytest.raises(ScalingLabError, match="unknown key\\(s\\) 'params'; valid keys are parameters, constraints"):
         parse_search_space({"parameters": {"channels": 16}, "params": {}}, BASE, "space.yaml")
+
+
+def test_log_int_with_a_step_is_rejected_at_load_naming_the_file_and_parameter():
+    with pytest.raises(ScalingLabError, match=r"^space\.yaml: parameters\.channels: log: true with step 8 is not valid"):
+        space({"channels": {"type": "int", "low": 8, "high": 64, "step": 8, "log": True}})
+    # Step 1 (or none) on a log scale is what Optuna samples.
+    assert space({"channels": {"type": "int", "low": 8, "high": 64, "step": 1, "log": True}}).parameters[0].log
+
+
+@pytest.mark.parametrize("resolution, snapped", [(576, 640), (704, 768), (575, 512), (703, 640)])
+def test_half_way_resolutions_round_up_alike(resolution, snapped):
+    # D0-style detectors need multiples of 2^7 = 128: 576 = 4.5 x 128 and 704 = 5.5 x 128 are both
+    # half-way, and both go up (Python's round() sends 4.5 down and 5.5 up).
+    from scaling_lab.scaling import scale_detector, snap_resolution
+
+    assert snap_resolution(resolution, 7) == snapped
+    assert space({"resolution": {"type": "grid", "values": [resolution]}}).build_spec(BASE, {"resolution": resolution}).resolution == snapped
+    assert scale_detector(BASE.replace(resolution=512), resolution=resolution / 512).resolution == snapped

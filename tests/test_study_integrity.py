@@ -165,19 +165,6 @@ def test_grid_is_never_cut_short_by_the_rejection_guard_and_unmeasurable_specs_f
     assert sum("rejected by constraint" in r for r in reasons) == 3 and all(len(r) <= 300 for r in reasons)
 
 
-def test_trials_never_time_latency_and_the_runner_times_each_alone(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr("scaling_lab.study.candidate.latency_alone", lambda spec, task: calls.append(spec.spec_hash) or 12.5)
-
-    def trial(spec, task, budget, **kwargs):
-        assert task.latency is False  # a trial that shares a device would time its neighbours too
-        return fake_trial(spec, task, budget, **kwargs)
-
-    path = write_study(tmp_path, repeats=1, measure_latency=True, search_space={"parameters": {"feature_network": ["fpn", "bifpn"]}})
-    frame = run_study(load_study(path), trial_function=trial, out=None)
-    assert frame["latency_ms"].tolist() == [12.5, 12.5] and len(calls) == 2
-
-
 def test_sampled_group_enqueues_seeds_a_started_configuration_lacks(tmp_path):
     path = write_study(tmp_path, sampler={"type": "random", "trials": 2}, repeats=3,
                        search_space={"parameters": {"channels": {"type": "int", "low": 8, "high": 64, "step": 8}}})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 
@@ -29,7 +30,7 @@ from scaling_lab.train import (
     run_trial,
 )
 from scaling_lab.train import commands, trainer
-from scaling_lab.train.anchors import IGNORED, NEGATIVE
+from scaling_lab.train.anchors import IGNORED, NEGATIVE, AnchorTargets
 from scaling_lab.train.evaluate import detection_results, topk_correct
 from scaling_lab.trial import Budget, Task
 
@@ -250,13 +251,18 @@ def test_zero_detections_score_ap_0():
 # Trials
 
 
-def test_detection_trial_returns_metrics_curve_and_measurements():
+def test_detection_trial_returns_metrics_curve_and_measurements(monkeypatch):
+    from scaling_lab.measure import Latency, Timing
+
+    timed = []  # a standalone trial times its spec alone after training (the figures are measure's business)
+    timing = Timing(3.0, 2.9, 3.1, 2.8, 3.5, 10, 1, True)
+    monkeypatch.setattr(trainer, "measure_latency", lambda spec, batch, device, dtype: timed.append(batch) or Latency("cpu:test", dtype, batch, timing, timing))
     reports = []
     result = run_trial(TINY_DETECTOR, tiny_task(latency=True), Budget(epochs=2), report=lambda epoch, metrics: reports.append(epoch))
     assert set(result.metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     assert all(0 <= value <= 1 for value in result.metrics.values() if not math.isnan(value))
     assert [entry["epoch"] for entry in result.curve] == reports == [1, 2]
-    assert result.params > 0 and result.flops > 0 and result.latency_ms > 0 and result.notes == []
+    assert result.params > 0 and result.flops > 0 and result.latency_ms == 3.0 and timed == [1] and result.notes == []
     assert json.loads(json.dumps(result.to_dict()))["spec_hash"] == TINY_DETECTOR.spec_hash
 
 
@@ -364,3 +370,49 @@ def test_small_detector_overfits_sixteen_images():
     )
     result = run_trial(spec, task, Budget(epochs=60, eval_every=60))
     assert result.metrics["AP50"] >= 0.9, result.curve
+
+
+# --------------------------------------------------------------------------------------------
+# The official constants, pinned by hand-computed values (each fails if its constant changes)
+
+
+def test_an_anchor_at_iou_0_55_is_positive():
+    # The box [0, 0, 100, 100] claims the identical anchor 0 (IoU 1) for itself; anchor 1 covers
+    # its lower 55 %: IoU 5500 / 10000 = 0.55, positive by the official 0.5 threshold alone.
+    anchors = torch.tensor([[0.0, 0, 100, 100], [0, 0, 100, 55]])
+    targets = match_anchors(anchors, torch.tensor([[[0.0, 0, 100, 100]]]), torch.tensor([[3]]))
+    assert targets.classes.tolist() == [[3, 3]]
+    # (ty, tx, th, tw) of the box on anchor 1: centre y 50 vs 27.5 over height 55, log(100 / 55).
+    assert targets.boxes[0, 1].tolist() == pytest.approx([22.5 / 55, 0.0, math.log(100 / 55), 0.0], rel=1e-5)
+
+
+def test_box_loss_is_huber_with_delta_0_1_weighted_50():
+    # One positive anchor (class 0 of 1, logit 0) whose box deltas are predicted as 0 against
+    # targets (0.2, -0.3, 0.05, 0.4). Huber with delta 0.1: 0.1·(|x| - 0.05) outside, 0.5·x² inside:
+    # 0.015 + 0.025 + 0.00125 + 0.035 = 0.07625; over 4 · (1 positive + 1) = 0.00953125.
+    # Focal term of the positive: 0.25 · 0.5^1.5 · ln 2 = 0.0612661, over (1 + 1) = 0.0306331.
+    targets = AnchorTargets(classes=torch.tensor([[0]]), boxes=torch.tensor([[[0.2, -0.3, 0.05, 0.4]]]))
+    loss = detection_loss(torch.zeros(1, 1, 1), torch.zeros(1, 1, 4), targets)
+    assert loss.boxes.item() == pytest.approx(0.00953125, rel=1e-5)
+    class_loss = 0.25 * 0.5**1.5 * math.log(2) / 2
+    assert loss.classes.item() == pytest.approx(class_loss, rel=1e-5)
+    assert loss.total.item() == pytest.approx(class_loss + 50 * 0.00953125, rel=1e-5)  # 0.5071956
+
+
+# --------------------------------------------------------------------------------------------
+# The learning rate
+
+
+def test_default_lr_scales_linearly_from_the_official_0_08_at_batch_64():
+    assert Task(batch_size=64).peak_lr == pytest.approx(0.08)
+    assert Task(batch_size=16).peak_lr == pytest.approx(0.02)
+    assert Task(batch_size=128).peak_lr == pytest.approx(0.16)
+    assert Task.from_dict({"batch_size": 32}, "study.yaml: task").peak_lr == pytest.approx(0.04)
+    # It follows the batch size however the task was made; an explicit lr is kept as given.
+    assert dataclasses.replace(Task(batch_size=64), batch_size=8).peak_lr == pytest.approx(0.01)
+    assert Task(batch_size=16, lr=0.05).peak_lr == 0.05
+    optimizer = trainer.make_optimizer(torch.nn.Linear(2, 2), Task(batch_size=32))
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([0.04, 0.04])
+    with pytest.raises(ScalingLabError, match="task lr: optimizer adamw has no official base rate"):
+        Task(optimizer="adamw")
+    assert Task(optimizer="adamw", lr=1e-3).peak_lr == 1e-3

@@ -3,7 +3,8 @@
 Both backends run candidates through ``CandidateRunner``, so a (configuration, seed) trains the
 same way locally and under Ray: the same spec, task, budget, seed and thread count (the study's
 ``resources.cpus``). Trials never time their own latency: trials that share a device would time
-their neighbours' load too. The caller times a finished candidate alone (``latency_alone``).
+their neighbours' load too. The local backend times each candidate alone before it trains; the
+Ray driver once the group's trials have stopped (``latency_alone``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import optuna
 import torch
@@ -24,6 +25,9 @@ from scaling_lab.study import results
 from scaling_lab.study.config import StudyConfig
 from scaling_lab.study.search_space import InfeasibleCandidate, SearchSpace
 from scaling_lab.trial import Task, TrialResult
+
+if TYPE_CHECKING:
+    from scaling_lab.measure import Latency
 
 TrialFunction = Callable[..., TrialResult]
 # (epoch, metrics, record so far): called after each validation; may raise to stop the trial.
@@ -56,13 +60,14 @@ def cost_counts(spec: Spec, base_costs: Mapping[str, float] | None = None) -> di
     return costs
 
 
-def latency_alone(spec: Spec, task: Task) -> float:
-    """Batch-1 latency in ms on this process's device, in the trial's precision, timed with
-    nothing else running here (cached per device, dtype and batch size)."""
-    from scaling_lab.measure import measure
+def latency_alone(spec: Spec, task: Task) -> "Latency":
+    """Batch-1 latency on this process's device, in the trial's precision, timed with nothing
+    else running here (``measure.measure_latency``: median with its spread, cached per device,
+    dtype and batch size; None as a figure when its repeats do not support one)."""
+    from scaling_lab.measure import measure_latency
 
     dtype = "bfloat16" if task.bf16 and torch.cuda.is_available() else "float32"
-    return measure(spec, latency=True, batch_size=1, dtype=dtype).latency.batch1_ms
+    return measure_latency(spec, batch_size=1, dtype=dtype)
 
 
 @contextlib.contextmanager
@@ -95,7 +100,7 @@ class CandidateRunner:
         return self.config.run_dir / "checkpoints" / f"{cid}-seed{seed}"
 
     def run(self, space: SearchSpace, values: Mapping[str, Any], seed: int, cid: str, on_epoch: EpochHook, time_latency: bool) -> Outcome:
-        """Train one candidate. ``time_latency``: time it here once trained (only where nothing
+        """Train one candidate. ``time_latency``: time it here before training (only where nothing
         else runs on this device: the local backend); else ``latency_ms`` is left to the caller."""
         started = time.time()
         record: dict[str, Any] = {"params": dict(values), "seed": seed, "started": results.now_iso(), "curve": [], "epochs_done": 0}
@@ -119,6 +124,11 @@ class CandidateRunner:
         if reason:
             return finish("rejected", f"rejected by constraint: {reason}")
 
+        if time_latency:
+            reason = self.record_latency(record, spec)
+            if reason:
+                return finish("failed", reason)
+
         def report(epoch: int, metrics: Mapping[str, float]) -> None:
             record["curve"].append({"epoch": epoch, **metrics})
             record["epochs_done"] = epoch
@@ -131,15 +141,25 @@ class CandidateRunner:
                     spec, task, self.config.budget, report=report, seed=seed,
                     checkpoint_dir=self.checkpoint_dir(cid, seed), progress=False,
                 )
-                latency = latency_alone(spec, self.config.task) if time_latency and self.config.needs_latency else None
         except optuna.TrialPruned:
             return finish("pruned", "stopped early by the pruner")
         except Exception as exc:  # noqa: BLE001 - any trial error (CUDA OOM, NaN loss) is recorded, the study goes on
             return finish("failed", f"{type(exc).__name__}: {exc}")
-        record["costs"]["latency_ms"] = latency
         record.update(metrics=dict(result.metrics), curve=list(result.curve), epochs_done=self.config.budget.epochs)
         outcome = finish("complete")
         return self.with_objectives(outcome)
+
+    def record_latency(self, record: dict[str, Any], spec: Spec) -> str | None:
+        """Time the spec alone (when the study needs latency) into the record; the reason to fail
+        the trial when latency is an objective and its timing gave no figure."""
+        if not self.config.needs_latency:
+            return None
+        latency = latency_alone(spec, self.config.task)
+        record["latency"] = latency.to_dict()
+        record["costs"]["latency_ms"] = latency.batch1_ms
+        if latency.batch1_ms is None and any(o.metric == "latency_ms" for o in self.config.objectives):
+            return f"latency unstable, so not a figure (the device was busy?): {latency.batch1.describe()}; run again to time it again"
+        return None
 
     def with_objectives(self, outcome: Outcome) -> Outcome:
         """The outcome with its objective values, or failed when one is missing or not finite

@@ -118,7 +118,8 @@ class StudyConfig:
 
     @property
     def needs_latency(self) -> bool:
-        return self.measure_latency or any(o.metric == "latency_ms" for o in self.objectives)
+        """Whether each spec's latency is timed (by the driver: trials never time themselves)."""
+        return self.measure_latency or self.task.latency or any(o.metric == "latency_ms" for o in self.objectives)
 
 
 def _fail(where: str, message: str) -> ScalingLabError:

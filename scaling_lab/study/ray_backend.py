@@ -27,7 +27,7 @@ from ray.tune.search import Searcher
 
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.spec import spec_from_dict
-from scaling_lab.study.candidate import CandidateRunner, Outcome, cost_counts, latency_alone
+from scaling_lab.study.candidate import CandidateRunner, Outcome, cost_counts
 from scaling_lab.study.config import Group, StudyConfig
 from scaling_lab.study.runner import check_rejections
 from scaling_lab.study.session import StudySession, store_record
@@ -123,8 +123,10 @@ class StudySearcher(Searcher):
     def time_latencies(self) -> None:
         """Time each finished candidate alone, here, now that no trial of the group runs."""
         for trial, outcome in self.awaiting_latency:
-            spec = spec_from_dict(outcome.record["spec"])
-            outcome.record["costs"]["latency_ms"] = latency_alone(spec, self.session.config.task)
+            reason = self.session.candidates.record_latency(outcome.record, spec_from_dict(outcome.record["spec"]))
+            if reason:
+                outcome.record.update(state="failed", error=reason)
+                outcome = Outcome("failed", outcome.record)
             self.finish(trial, outcome)
         self.awaiting_latency.clear()
 

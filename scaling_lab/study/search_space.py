@@ -297,6 +297,12 @@ def _parse_parameter(where: str, name: str, raw: Any, earlier: dict[str, Paramet
             raise _fail(where, f"{key}.log: expected true or false, got {log!r}")
         if (kind == "log_float" or log) and low <= 0:
             raise _fail(where, f"{key}.low: {low} must be positive on a log scale")
+        if log and step not in (None, 1):
+            raise _fail(
+                where,
+                f"{key}: log: true with step {step} is not valid (a log-scale int is sampled with step 1); "
+                "drop the step, drop log, or list the values (type: grid)",
+            )
         return Parameter(name, kind, low=float(low), high=float(high), step=step, log=log, when=when)
     if kind == "derived":
         rule = raw.get("rule")

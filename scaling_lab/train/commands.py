@@ -42,7 +42,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--epochs", type=int, default=Budget.epochs, help=f"training epochs (default: {Budget.epochs})")
     parser.add_argument("--batch-size", type=int, default=Task.batch_size, help=f"batch size (default: {Task.batch_size})")
-    parser.add_argument("--lr", type=float, default=Task.lr, help=f"peak learning rate (default: {Task.lr})")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default for sgd: 0.08 x batch size / 64, the official rate scaled linearly)")
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=Task.optimizer, help=f"(default: {Task.optimizer})")
     parser.add_argument("--max-train-images", type=int, default=None, help="train on at most this many images")
     parser.add_argument("--max-val-images", type=int, default=None, help="validate on at most this many images")

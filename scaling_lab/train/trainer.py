@@ -37,7 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 from scaling_lab.errors import ScalingLabError
-from scaling_lab.measure import library_versions, measure, resolve_device, time_latency
+from scaling_lab.measure import library_versions, measure, measure_latency, resolve_device
 from scaling_lab.models import build_model
 from scaling_lab.spec import BackboneSpec, DetectorSpec, Spec
 from scaling_lab.train.anchors import anchors_for_spec, flatten_levels, match_anchors
@@ -59,9 +59,6 @@ MAX_BN_MOMENTUM = 0.1
 # The loss is checked for NaN/inf every this many steps (and at each epoch end) rather than at
 # every step, which would stop the GPU once per step to read it.
 LOSS_CHECK_INTERVAL = 20
-# Batch-1 latency of a trial: a few timed forwards after a short warm-up, cheap on a CPU too
-# (``measure`` times more runs for its cached, publishable figures).
-LATENCY_WARMUP, LATENCY_RUNS = 2, 5
 
 
 class TrainingDiverged(ScalingLabError):
@@ -227,8 +224,8 @@ def make_optimizer(model: nn.Module, task: Task) -> torch.optim.Optimizer:
     undecayed = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [{"params": decayed, "weight_decay": task.weight_decay}, {"params": undecayed, "weight_decay": 0.0}]
     if task.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=task.lr, momentum=SGD_MOMENTUM)
-    return torch.optim.AdamW(groups, lr=task.lr)
+        return torch.optim.SGD(groups, lr=task.peak_lr, momentum=SGD_MOMENTUM)
+    return torch.optim.AdamW(groups, lr=task.peak_lr)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -442,7 +439,7 @@ def run_trial(
                     if not math.isfinite(mean_loss):
                         raise TrainingDiverged(
                             f"training diverged: the loss became {mean_loss} in epoch {epoch + 1} (by step {step}) "
-                            f"of spec {spec.spec_hash} with lr {task.lr}; lower task lr or set grad_clip"
+                            f"of spec {spec.spec_hash} with lr {task.peak_lr}; lower task lr or set grad_clip"
                         )
                     bar.set_postfix(epoch=epoch + 1, loss=f"{mean_loss:.4f}")
                 bar.update()
@@ -480,7 +477,7 @@ def run_trial(
     latency_ms = None
     if task.latency:
         dtype = "bfloat16" if amp_dtype is not None else "float32"
-        latency_ms = time_latency(train_spec, 1, str(device), dtype, LATENCY_WARMUP, LATENCY_RUNS).batch1_ms
+        latency_ms = measure_latency(train_spec, 1, str(device), dtype).batch1_ms  # None when unstable
     return TrialResult(
         spec_hash=spec.spec_hash,
         seed=seed,
