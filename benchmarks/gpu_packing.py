@@ -64,6 +64,8 @@ def memory(args) -> list[dict]:
             print(f"{name} {spec.resolution} b{batch_size:<3} estimate {row['estimate_gb']:7.2f} GB  peak {row['peak_allocated_gb']:7.2f} GB"
                   f"  reserved {row['peak_reserved_gb']:7.2f} GB  estimate/peak {row['estimate_over_peak']:5.2f}", flush=True)
             del steps
+            if args.json:
+                args.json.write_text(json.dumps(rows, indent=1, default=str))
     print(f"(on {describe(device)}; training step in bf16 + channels_last, {args.steps} steps)")
     return rows
 
@@ -91,6 +93,8 @@ def packing(args) -> list[dict]:
         print(f"{config.name} gpus={gpus:<5} {row['complete']}/{row['trials']} complete  wall {wall:6.1f} s  "
               f"{row['trials_per_hour']:7.0f} trials/h ({row['trials_per_hour_span']:7.0f} over the trials' span)  "
               f"mean trial {row['mean_trial_s']:5.1f} s", flush=True)
+        if args.json:  # after every setting: a run cut short keeps what it measured
+            args.json.write_text(json.dumps(rows, indent=1, default=str))
     base = rows[0]["trials_per_hour"]
     for row in rows[1:]:
         print(f"  gpus={row['gpus']} / gpus={rows[0]['gpus']}: {row['trials_per_hour'] / base:.2f}x trials per hour")
@@ -116,9 +120,7 @@ def main() -> None:
         sub.add_argument("--json", type=Path, help="also write the rows to this file")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    rows = memory(args) if args.command == "memory" else packing(args)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1, default=str))
+    memory(args) if args.command == "memory" else packing(args)
 
 
 if __name__ == "__main__":
