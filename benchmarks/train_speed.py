@@ -4,7 +4,8 @@ The full step is what ``run_trial`` does per batch: take the next batch from the
 decoded once and kept in memory, augmented on the device), label the anchors, compute the loss,
 backward, clip and step the optimizer. The bare step is forward + backward + optimizer step on
 a random tensor already on the device, with a trivial loss. Their ratio is the overhead of
-data, labeling and the loss.
+data, labeling and the loss. ``benchmarks/compare_effdet.py`` times the same two steps beside
+effdet's.
 
     python benchmarks/train_speed.py                                   # D0, 512, batch 32, GPU
     python benchmarks/train_speed.py --resolution 256 --batch-size 4 --steps 5   # CPU-sized
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -23,6 +26,8 @@ from scaling_lab.models import build_model
 from scaling_lab.spec import load_spec
 from scaling_lab.train.trainer import DetectionObjective, make_optimizer
 from scaling_lab.trial import Task
+
+BENCHMARK_IMAGES = 32
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,28 +59,12 @@ def images_per_second(step, steps: int, warmup: int, batch_size: int, device: to
     return steps * batch_size / (time.perf_counter() - started)
 
 
-def main() -> None:
-    args = parse_args()
-    device = torch.device(args.device)
-    on_cuda = device.type == "cuda"
-    spec = load_spec(args.spec, [f"resolution={args.resolution}"])
-    task = Task()  # the default optimizer (SGD) and gradient clipping
-    amp_dtype = torch.bfloat16 if on_cuda and not args.fp32 else None
-    channels_last = on_cuda
-
-    model = build_model(spec).to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    step_model = torch.compile(model) if args.compile else model
-    optimizer = make_optimizer(model, task)
-    objective = DetectionObjective(spec, device)
-
-    def optimize(loss: torch.Tensor) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), task.grad_clip)
-        optimizer.step()
-
-    dataset = synthetic_dataset("train", train_images=4 * args.batch_size, image_size=args.resolution, max_object_size=0.7 * args.resolution)
-    loader = DetectionLoader(dataset, args.resolution, args.batch_size, train=True, device=device)
+def synthetic_loader(resolution: int, batch_size: int, device: torch.device) -> Callable[[], object]:
+    """The next training batch of a small synthetic set (at least 32 images, one generation per
+    resolution), epoch after epoch; each epoch is reshuffled and augmented on the device."""
+    images = max(BENCHMARK_IMAGES, batch_size)
+    dataset = synthetic_dataset("train", train_images=images, val_images=1, image_size=resolution, max_object_size=0.7 * resolution)
+    loader = DetectionLoader(dataset, resolution, batch_size, train=True, device=device)
     batches = iter(())
 
     def next_batch():
@@ -86,13 +75,46 @@ def main() -> None:
             batch = next(batches)
         return batch
 
+    return next_batch
+
+
+@dataclass
+class OurSteps:
+    """Our full trial step and bare model step for one spec, batch size and precision."""
+
+    full: Callable[[], None]
+    bare: Callable[[], None]
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+
+
+def our_steps(spec_name: str, resolution: int, batch_size: int, device: torch.device, fp32: bool = False, compile: bool = False) -> OurSteps:
+    on_cuda = device.type == "cuda"
+    spec = load_spec(spec_name, [f"resolution={resolution}"])
+    task = Task()  # the default optimizer (SGD) and gradient clipping
+    amp_dtype = torch.bfloat16 if on_cuda and not fp32 else None
+    channels_last = on_cuda
+
+    model = build_model(spec).to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    step_model = torch.compile(model) if compile else model
+    optimizer = make_optimizer(model, task)
+    objective = DetectionObjective(spec, device)
+
+    def optimize(loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), task.grad_clip)
+        optimizer.step()
+
+    next_batch = synthetic_loader(resolution, batch_size, device)
+
     def full_step() -> None:
         batch = next_batch()
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss = objective.loss(step_model, batch, channels_last)
         optimize(loss)
 
-    images = torch.randn(args.batch_size, 3, args.resolution, args.resolution, device=device)
+    images = torch.randn(batch_size, 3, resolution, resolution, device=device)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
 
@@ -102,14 +124,25 @@ def main() -> None:
             loss = sum(output.float().mean() for output in class_logits + box_deltas)
         optimize(loss)
 
+    return OurSteps(full_step, bare_step, amp_dtype, channels_last)
+
+
+def describe(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    steps = our_steps(args.spec, args.resolution, args.batch_size, device, args.fp32, args.compile)
     warmup = args.warmup * (3 if args.compile else 1)
-    bare = images_per_second(bare_step, args.steps, warmup, args.batch_size, device)
-    full = images_per_second(full_step, args.steps, warmup, args.batch_size, device)
-    precision = "bf16" if amp_dtype is not None else "fp32"
+    bare = images_per_second(steps.bare, args.steps, warmup, args.batch_size, device)
+    full = images_per_second(steps.full, args.steps, warmup, args.batch_size, device)
+    precision = "bf16" if steps.amp_dtype is not None else "fp32"
     print(
         f"{args.spec} at {args.resolution}, batch {args.batch_size}, {precision}"
-        f"{', channels_last' if channels_last else ''}{', compiled' if args.compile else ''} on {device}"
-        f" ({torch.cuda.get_device_name(device) if on_cuda else f'{torch.get_num_threads()} threads'}):"
+        f"{', channels_last' if steps.channels_last else ''}{', compiled' if args.compile else ''} on {device}"
+        f" ({describe(device)}):"
     )
     print(f"  full trial step  {full:8.1f} images/s")
     print(f"  bare model step  {bare:8.1f} images/s")

@@ -131,6 +131,12 @@ class StudySearcher(Searcher):
         self.awaiting_latency.clear()
 
 
+def estimated_training_bytes(costs: Mapping[str, float], batch_size: int) -> float:
+    """GPU memory a trial of this spec needs at this batch size (``gpus: auto`` sizes by it);
+    ``benchmarks/gpu_packing.py memory`` checks it against the measured peak."""
+    return costs["activations"] * batch_size * BYTES_PER_ACTIVATION + costs["params"] * BYTES_PER_PARAMETER
+
+
 def _resources(config: StudyConfig, base_costs: dict[str, float], cluster_gpus: float):
     """Per-trial resources; with ``gpus: auto`` the GPU share is 1/n for the largest n (up to
     MAX_TRIALS_PER_GPU) whose estimated training memory fits, none on a cluster without GPUs."""
@@ -146,7 +152,7 @@ def _resources(config: StudyConfig, base_costs: dict[str, float], cluster_gpus: 
                     costs = cost_counts(trial_config["space"].build_spec(config.base, trial_config["values"]), base_costs)
                 except Exception:  # noqa: BLE001 - infeasible or unmeasurable: the trial records why at once
                     return {"cpu": float(resources.cpus), "gpu": 0.0}
-                memory = costs["activations"] * config.task.batch_size * BYTES_PER_ACTIVATION + costs["params"] * BYTES_PER_PARAMETER
+                memory = estimated_training_bytes(costs, config.task.batch_size)
                 per_gpu = max(1, min(MAX_TRIALS_PER_GPU, math.floor(resources.gpu_memory_gb * 1e9 / max(memory, 1))))
                 gpus = 1.0 / per_gpu
         return {"cpu": float(resources.cpus), "gpu": float(gpus)}
