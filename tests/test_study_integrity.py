@@ -180,3 +180,19 @@ def test_sampled_group_enqueues_seeds_a_started_configuration_lacks(tmp_path):
     frame = run_study(config, trial_function=fake_trial, out=None)
     assert sorted(frame.loc[frame["config_id"] == orphan, "seed"]) == [0, 1, 2]
     assert frame.groupby("config_id")["seed"].apply(sorted).tolist() == [[0, 1, 2]] * 2
+
+
+@pytest.mark.slow
+def test_the_same_configuration_and_seed_scores_the_same_locally_and_under_ray(tmp_path):
+    """Same thread count (resources.cpus), data order and seeds in both backends: on one machine
+    a (configuration, seed) gives the same AP bit for bit."""
+    pytest.importorskip("ray")
+    path = write_study(tmp_path, repeats=1, search_space={"parameters": {"feature_network": ["panet"]}},
+                       task={"synthetic": {"train_images": 16, "val_images": 8, "image_size": 128, "max_object_size": 96},
+                             "batch_size": 8, "epochs": 2, "latency": False},
+                       resources={"cpus": 1})
+    local = run_study(load_study(path, run_dir=tmp_path / "local"), out=None)
+    ray_run = run_study(load_study(path, run_dir=tmp_path / "ray"), backend="ray", out=None)
+    assert local["state"].tolist() == ray_run["state"].tolist() == ["complete"]
+    assert local["AP"].iloc[0] == ray_run["AP"].iloc[0] and local["AP50"].iloc[0] == ray_run["AP50"].iloc[0]
+    assert json.loads(local["curve"].iloc[0])[-1]["train_loss"] == json.loads(ray_run["curve"].iloc[0])[-1]["train_loss"]
