@@ -8,8 +8,7 @@ D7x goes up to P8.
 
 from __future__ import annotations
 
-from scaling_lab.errors import SpecError
-from scaling_lab.spec import BackboneSpec, DetectorSpec, Spec
+from scaling_lab.spec import PRESETS, BackboneSpec, DetectorSpec, preset
 
 # name: (width, depth, resolution, dropout)
 _EFFICIENTNET = {
@@ -56,15 +55,11 @@ def _efficientdet(name: str) -> DetectorSpec:
     )
 
 
-PRESETS: dict[str, Spec] = {
-    **{f"efficientnet-{name}": _efficientnet(name) for name in _EFFICIENTNET},
-    **{f"efficientdet-{name}": _efficientdet(name) for name in _EFFICIENTDET},
-}
+PRESETS.update(
+    {
+        **{f"efficientnet-{name}": _efficientnet(name) for name in _EFFICIENTNET},
+        **{f"efficientdet-{name}": _efficientdet(name) for name in _EFFICIENTDET},
+    }
+)
 
-
-def preset(name: str) -> Spec:
-    """A preset spec by name (``efficientnet-b0`` ... ``efficientdet-d7x``)."""
-    try:
-        return PRESETS[name]
-    except (KeyError, TypeError):
-        raise SpecError(f"unknown preset {name!r}; valid presets are {', '.join(PRESETS)}") from None
+__all__ = ["PRESETS", "preset"]

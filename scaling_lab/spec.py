@@ -23,6 +23,7 @@ from typing import Any, Mapping, Union
 import yaml
 
 from scaling_lab.errors import SpecError
+from scaling_lab.graphs import feature_graph
 
 ACTIVATIONS = ("swish", "relu", "relu6", "hard_swish", "gelu")
 FUSIONS = ("sum", "weighted", "softmax", "fast")
@@ -170,8 +171,6 @@ def coerce_field(where: str, value: Any, hint: Any) -> Any:
         if isinstance(value, BackboneSpec):
             return value
         if isinstance(value, str):
-            from scaling_lab.presets import preset
-
             found = preset(value)
             if not isinstance(found, BackboneSpec):
                 raise SpecError(f"{where}: {value!r} is a detector preset, not a backbone")
@@ -297,8 +296,6 @@ class DetectorSpec(_SpecBase):
             f"aspect_ratios {list(self.aspect_ratios)} must be a non-empty list of positive numbers",
         )
         _check(self.num_classes >= 1, f"num_classes {self.num_classes} must be at least 1")
-        from scaling_lab.models.graphs import feature_graph
-
         feature_graph(self.feature_network, self.min_level, self.max_level)  # checks the name; NAS-FPN needs 5 levels
 
     @property
@@ -312,14 +309,23 @@ class DetectorSpec(_SpecBase):
 
 Spec = Union[BackboneSpec, DetectorSpec]
 SPEC_TYPES: dict[str, type] = {BackboneSpec.kind: BackboneSpec, DetectorSpec.kind: DetectorSpec}
+# Named specs (``base: efficientdet-d0``), filled by ``scaling_lab.presets`` when the package is
+# imported: presets are built from these classes, so this module names them without importing them.
+PRESETS: dict[str, Spec] = {}
+
+
+def preset(name: str) -> Spec:
+    """A preset spec by name (``efficientnet-b0`` ... ``efficientdet-d7x``)."""
+    try:
+        return PRESETS[name]
+    except (KeyError, TypeError):
+        raise SpecError(f"unknown preset {name!r}; valid presets are {', '.join(PRESETS)}") from None
 
 
 def _resolve_base(data: Any, where: str) -> Any:
     """Expand ``base: <preset>``: the preset's fields, overridden by the rest of the mapping."""
     if not isinstance(data, Mapping) or "base" not in data:
         return data
-    from scaling_lab.presets import preset
-
     rest = dict(data)
     base = preset(rest.pop("base"))
     return deep_merge(base.to_dict(), rest)
@@ -386,8 +392,6 @@ def read_yaml(path: Path) -> Any:
 
 def load_spec(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
     """A preset name (``efficientdet-d0``) or a YAML/JSON spec file, with optional overrides."""
-    from scaling_lab.presets import PRESETS, preset
-
     if name_or_path in PRESETS:
         return apply_overrides(preset(name_or_path), overrides)
     path = Path(name_or_path)

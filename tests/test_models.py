@@ -5,7 +5,7 @@ import torch
 
 from scaling_lab.models import build_model
 from scaling_lab.models.feature_network import FusionNode
-from scaling_lab.models.graphs import GRAPHS, Node, feature_graph
+from scaling_lab.graphs import GRAPHS, Node, feature_graph
 from scaling_lab.paper import OFFICIAL_PARAMS
 from scaling_lab.presets import PRESETS, preset
 from scaling_lab.spec import FUSIONS

@@ -141,7 +141,7 @@ def test_best_over_integer_and_boolean_parameters(tmp_path):
 
 
 def test_grid_is_never_cut_short_by_the_rejection_guard_and_unmeasurable_specs_fail_alone(tmp_path, monkeypatch):
-    monkeypatch.setattr("scaling_lab.study.runner.MAX_CONSECUTIVE_REJECTIONS", 2)
+    monkeypatch.setattr("scaling_lab.study.session.MAX_CONSECUTIVE_REJECTIONS", 2)
     from scaling_lab.study import candidate, session
 
     real = candidate.cost_counts
@@ -196,3 +196,13 @@ def test_the_same_configuration_and_seed_scores_the_same_locally_and_under_ray(t
     assert local["state"].tolist() == ray_run["state"].tolist() == ["complete"]
     assert local["AP"].iloc[0] == ray_run["AP"].iloc[0] and local["AP50"].iloc[0] == ray_run["AP50"].iloc[0]
     assert json.loads(local["curve"].iloc[0])[-1]["train_loss"] == json.loads(ray_run["curve"].iloc[0])[-1]["train_loss"]
+
+
+def test_a_configuration_sampled_twice_trains_once(tmp_path):
+    """Random sampling over three values for three configurations repeats values; each
+    (configuration, seed) still trains exactly once."""
+    path = write_study(tmp_path, sampler={"type": "random", "trials": 3}, repeats=2,
+                       search_space={"parameters": {"channels": {"type": "int", "low": 8, "high": 24, "step": 8}}})
+    frame = run_study(load_study(path), trial_function=fake_trial, out=None)
+    assert sorted(frame["channels"].unique()) == [8, 16, 24]
+    assert frame.groupby(["config_id", "seed"]).size().max() == 1 and len(frame) == 6

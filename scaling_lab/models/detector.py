@@ -11,7 +11,7 @@ from torch import nn
 
 from scaling_lab.models.backbone import EfficientNet
 from scaling_lab.models.feature_network import FeatureNetwork, Resample
-from scaling_lab.models.graphs import feature_graph
+from scaling_lab.graphs import feature_graph
 from scaling_lab.models.layers import activation, batch_norm, head_conv
 from scaling_lab.spec import DetectorSpec
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scaling_lab.models.graphs import FeatureGraph
+from scaling_lab.graphs import FeatureGraph
 from scaling_lab.models.layers import activation, batch_norm, conv, head_conv
 
 FUSION_EPSILON = 1e-4

@@ -29,8 +29,7 @@ from scaling_lab.errors import ScalingLabError
 from scaling_lab.spec import spec_from_dict
 from scaling_lab.study.candidate import CandidateRunner, Outcome, cost_counts
 from scaling_lab.study.config import Group, StudyConfig
-from scaling_lab.study.runner import check_rejections
-from scaling_lab.study.session import StudySession, store_record
+from scaling_lab.study.session import StudySession, check_rejections, store_record
 from scaling_lab.study.storage import Heartbeat
 
 MAX_TRIALS_PER_GPU = 8

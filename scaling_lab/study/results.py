@@ -36,12 +36,17 @@ def now_iso() -> str:
 def is_interrupted(trial: FrozenTrial) -> bool:
     """A trial that stopped without an outcome (Ctrl-C, kill -9, a lost worker): it is run again
     and left out of the table. Failed trials always carry a record saying so."""
-    return trial.state == TrialState.FAIL and trial.user_attrs.get("record", {}).get("state") != "failed"
+    return trial.state == TrialState.FAIL and trial.user_attrs.get("record", {}).get("state") not in ("failed", "duplicate")
+
+
+def is_duplicate(trial: FrozenTrial) -> bool:
+    """A sampled configuration the group already had: dropped before training, never a row."""
+    return trial.state == TrialState.FAIL and trial.user_attrs.get("record", {}).get("state") == "duplicate"
 
 
 def trial_state(trial: FrozenTrial) -> str | None:
-    """The table's state of a trial, or None when it has no row (waiting or interrupted)."""
-    if trial.state == TrialState.WAITING or is_interrupted(trial):
+    """The table's state of a trial, or None when it has no row (waiting, interrupted, duplicate)."""
+    if trial.state == TrialState.WAITING or is_interrupted(trial) or is_duplicate(trial):
         return None
     if trial.state == TrialState.RUNNING:
         return "running"

@@ -23,21 +23,8 @@ from optuna.trial import TrialState
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.study.candidate import TrialFunction
 from scaling_lab.study.config import Group, StudyConfig
-from scaling_lab.study.session import StudySession, store_record
+from scaling_lab.study.session import StudySession, check_rejections, store_record
 from scaling_lab.study.storage import Heartbeat
-
-MAX_CONSECUTIVE_REJECTIONS = 100
-
-
-def check_rejections(session: StudySession, group: Group) -> None:
-    """A sampled group whose last candidates were all rejected is searching where its
-    constraint never holds; a grid runs every planned point, rejected or not."""
-    if group.trials is not None and session.consecutive_rejections(group) >= MAX_CONSECUTIVE_REJECTIONS:
-        raise ScalingLabError(
-            f"{group.space.source}: constraints: the last {MAX_CONSECUTIVE_REJECTIONS} sampled candidates were all "
-            "rejected; widen the constraint's range or narrow the parameters to where it holds"
-        )
-
 
 def _run_one(session: StudySession, trial: optuna.Trial, space: Any, values: dict[str, Any], seed: int, cid: str) -> None:
     """Train one trial here, with heartbeats, and tell the study its outcome."""

@@ -37,6 +37,8 @@ from scaling_lab.study.winner import WinnerRule, decide_winner, plain
 
 LIVE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
 POLL_S = 2.0  # how often a worker waiting for others' trials looks again
+MAX_CONSECUTIVE_REJECTIONS = 100
+MAX_DUPLICATE_SAMPLES = 100  # fresh samples in a row of configurations the group already has
 REASON_CHARS = 300  # the short failure reason shown in optuna-dashboard (the record can be cut there)
 
 
@@ -277,27 +279,37 @@ class StudySession:
         trial of any group, or a new configuration of this sampled group; None when there is none."""
         with storage.planning_lock(self.storage, self.config.name):
             trials = self.study.get_trials(deepcopy=False)
-            waiting = any(t.state == TrialState.WAITING for t in trials)
-            if not waiting:
-                if group.trials is None:
+            known = {t.user_attrs.get("config_id") for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING) or results.trial_state(t) is not None}
+            if not any(t.state == TrialState.WAITING for t in trials):
+                in_group = {t.user_attrs.get("config_id") for t in trials if t.user_attrs.get("group") == group.name} & known
+                if group.trials is None or len(in_group - {None}) >= group.trials:
                     return None
-                started = {t.user_attrs.get("config_id") for t in trials if t.user_attrs.get("group") == group.name and (t.state == TrialState.RUNNING or results.trial_state(t) is not None)}
-                if len(started - {None}) >= group.trials:
-                    return None
-            with warnings.catch_warnings():  # heartbeats are ours (storage.Heartbeat), not Study.optimize's
-                warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                trial = self.study.ask()
-            return (trial, *self._start(trial, group))
+            for _ in range(MAX_DUPLICATE_SAMPLES):
+                with warnings.catch_warnings():  # heartbeats are ours (storage.Heartbeat), not Study.optimize's
+                    warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                    trial = self.study.ask()
+                started = self._start(trial, group, known)
+                if started is not None:
+                    return (trial, *started)
+        raise ScalingLabError(
+            f"{group.space.source}: the sampler proposed {MAX_DUPLICATE_SAMPLES} configurations in a row that group "
+            f"{group.name or 'main'!r} already has; its space holds fewer distinct configurations than trials: {group.trials}; lower trials"
+        )
 
-    def _start(self, trial: optuna.Trial, current: Group) -> tuple[Group, SearchSpace, dict[str, Any], int, str]:
+    def _start(self, trial: optuna.Trial, current: Group, started: set[str]) -> tuple[Group, SearchSpace, dict[str, Any], int, str] | None:
         """Suggest the trial's values and tag it; a freshly sampled configuration gets the first
         seed here (tagged before its other seeds are enqueued, so a kill in between loses none:
-        ``reconcile`` enqueues the seeds a started configuration lacks)."""
+        ``reconcile`` enqueues the seeds a started configuration lacks). A fresh sample of a
+        configuration in ``started`` is dropped (None): a (configuration, seed) runs once."""
         group = self.group(trial.user_attrs.get("group", current.name))
         space = self.space(group)
         values = space.suggest(trial, self.prefix(group), grid=self.config.sampler.type == "grid")
         cid = config_id(group.name, values)
         fresh = trial.user_attrs.get("seed") is None
+        if fresh and cid in started:
+            trial.set_user_attr("record", {"state": "duplicate", "error": f"configuration {cid} was sampled before"})
+            self.study.tell(trial, state=TrialState.FAIL)
+            return None
         seed = self.config.seeds[0] if fresh else trial.user_attrs["seed"]
         for key, value in (("group", group.name), ("seed", seed), ("config_id", cid)):
             trial.set_user_attr(key, value)
@@ -352,6 +364,16 @@ class StudySession:
 
     def is_finished(self) -> bool:
         return all(self.settled(g) for g in self.config.groups)
+
+
+def check_rejections(session: StudySession, group: Group) -> None:
+    """A sampled group whose last candidates were all rejected is searching where its
+    constraint never holds; a grid runs every planned point, rejected or not."""
+    if group.trials is not None and session.consecutive_rejections(group) >= MAX_CONSECUTIVE_REJECTIONS:
+        raise ScalingLabError(
+            f"{group.space.source}: constraints: the last {MAX_CONSECUTIVE_REJECTIONS} sampled candidates were all "
+            "rejected; widen the constraint's range or narrow the parameters to where it holds"
+        )
 
 
 def progress_line(frame: pd.DataFrame, planned: int, config: StudyConfig) -> str:
