@@ -11,6 +11,7 @@ import importlib.util
 import logging
 from pathlib import Path
 
+from scaling_lab.files import atomic_write, atomic_write_text
 from scaling_lab.report.analysis import configurations
 from scaling_lab.report.pareto import pareto_front
 from scaling_lab.report.run import Run, load_run
@@ -33,9 +34,9 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, png: bo
     out.mkdir(parents=True, exist_ok=True)
     page = build_page(run)
     index = out / "index.html"
-    index.write_text(page.render(header(run)), encoding="utf-8")
-    run.trials.to_csv(out / "results.csv", index=False)
-    configurations(run).to_csv(out / "configurations.csv", index=False)
+    atomic_write_text(index, page.render(header(run)))
+    atomic_write(out / "results.csv", lambda temporary: run.trials.to_csv(temporary, index=False))
+    atomic_write(out / "configurations.csv", lambda temporary: configurations(run).to_csv(temporary, index=False))
     if png:
         _write_pngs(page.figures, out / "figures")
     return index

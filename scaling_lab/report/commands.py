@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from scaling_lab.report import write_report
-from scaling_lab.study.config import run_dir_for
+from scaling_lab.study.run_folder import checked_run_dir
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -18,6 +18,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    index = write_report(run_dir_for(args.study), args.out, png=not args.no_png)
+    index = write_report(checked_run_dir(args.study), args.out, png=not args.no_png)
     print(index)
     return 0

@@ -7,8 +7,9 @@ import json
 import sys
 
 from scaling_lab.report import write_report
-from scaling_lab.study.config import BACKENDS, load_study, run_dir_for
+from scaling_lab.study.config import BACKENDS, load_study
 from scaling_lab.study.results import STATES
+from scaling_lab.study.run_folder import check_before_resume, checked_run_dir
 from scaling_lab.study.runner import open_results, run_study
 
 BEST_COLUMNS = ("trial_id", "group", "seed", "config_id")
@@ -19,6 +20,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.trials is not None:
         overrides.append(f"sampler.trials={args.trials}")
     config = load_study(args.study, profile=args.profile, overrides=overrides, run_dir=args.run_dir)
+    check_before_resume(config.run_dir, config.storage_is_local, config.storage_url)
     frame = run_study(config, backend=args.backend, address=args.address, out=sys.stdout)
     print(f"results: {config.run_dir / 'results.parquet'} ({len(frame)} trials)")
     print(f"report: {write_report(config.run_dir)}")
@@ -26,7 +28,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    run_dir = run_dir_for(args.target)
+    run_dir = checked_run_dir(args.target)
     info, frame = open_results(run_dir)
     counts = {state: int((frame["state"] == state).sum()) if not frame.empty else 0 for state in STATES}
     objective = info["objectives"][0]
@@ -54,7 +56,7 @@ def _status(args: argparse.Namespace) -> int:
 def _derive(args: argparse.Namespace) -> int:
     from scaling_lab.study.derive import derive_coefficients
 
-    print(derive_coefficients(run_dir_for(args.target)).to_text())
+    print(derive_coefficients(checked_run_dir(args.target)).to_text())
     return 0
 
 

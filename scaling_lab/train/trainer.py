@@ -20,11 +20,9 @@ import hashlib
 import json
 import logging
 import math
-import os
 import platform
 import random
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +35,7 @@ from torch import nn
 from tqdm import tqdm
 
 from scaling_lab.errors import ScalingLabError
+from scaling_lab.files import atomic_write
 from scaling_lab.measure import library_versions, measure, resolve_device, time_latency
 from scaling_lab.models import build_model
 from scaling_lab.spec import BackboneSpec, DetectorSpec, Spec
@@ -308,9 +307,7 @@ def _fingerprint(spec: Spec, task: Task, budget: Budget, seed: int) -> str:
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as handle:
-        torch.save(state, handle)
-    os.replace(handle.name, path)
+    atomic_write(path, lambda temporary: torch.save(state, temporary))
 
 
 def _load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
