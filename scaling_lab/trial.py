@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from scaling_lab.errors import ScalingLabError
+from scaling_lab.ranges import BUDGET_RANGES, TASK_RANGES, check_fields
 from scaling_lab.spec import coerce_field
 
 TASK_KINDS = ("detection", "classification")
@@ -85,17 +86,7 @@ class Task:
             raise ScalingLabError(f"task kind {self.kind!r} is not valid; valid kinds are {', '.join(TASK_KINDS)}")
         if self.optimizer not in OPTIMIZERS:
             raise ScalingLabError(f"task optimizer {self.optimizer!r} is not valid; valid values are {', '.join(OPTIMIZERS)}")
-        if self.batch_size < 1:
-            raise ScalingLabError(f"task batch_size {self.batch_size} must be at least 1")
-        if self.lr <= 0:
-            raise ScalingLabError(f"task lr {self.lr} must be positive")
-        if self.weight_decay < 0 or self.warmup_epochs < 0 or self.grad_clip < 0:
-            raise ScalingLabError(
-                f"task weight_decay {self.weight_decay}, warmup_epochs {self.warmup_epochs} and grad_clip "
-                f"{self.grad_clip} must be at least 0"
-            )
-        if not 0 <= self.ema < 1:
-            raise ScalingLabError(f"task ema {self.ema} must be in [0, 1) (0 = off; the official decay is 0.9998)")
+        check_fields(self, TASK_RANGES, "task")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, where: str = "task") -> "Task":
@@ -113,14 +104,7 @@ class Budget:
     eval_every: int = 1
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ScalingLabError(f"budget epochs {self.epochs} must be at least 1")
-        if not isinstance(self.eval_every, int) or self.eval_every < 1:
-            raise ScalingLabError(f"budget eval_every {self.eval_every!r} must be an integer of at least 1")
-        for name in ("max_train_images", "max_val_images"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ScalingLabError(f"budget {name} {value!r} must be a positive integer or null (all images)")
+        check_fields(self, BUDGET_RANGES, "budget")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, where: str = "budget") -> "Budget":

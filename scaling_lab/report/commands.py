@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from scaling_lab.files import check_output_folder
 from scaling_lab.report import write_report
 from scaling_lab.study.run_folder import checked_run_dir
 
@@ -18,6 +19,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def report_command(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        check_output_folder(args.out, "--out")
     index = write_report(checked_run_dir(args.study), args.out, png=not args.no_png)
     print(index)
     return 0

@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from scaling_lab.files import check_output_folder
+from scaling_lab.ranges import BUDGET_RANGES, SEED_RANGE, TASK_RANGES, flag
 from scaling_lab.spec import load_spec
 from scaling_lab.trial import Budget, Task
 
@@ -40,13 +42,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         default="synthetic",
         help="'synthetic' (generated shapes) or a folder with train/ and val/ splits (default: synthetic)",
     )
-    parser.add_argument("--epochs", type=int, default=Budget.epochs, help=f"training epochs (default: {Budget.epochs})")
-    parser.add_argument("--batch-size", type=int, default=Task.batch_size, help=f"batch size (default: {Task.batch_size})")
-    parser.add_argument("--lr", type=float, default=Task.lr, help=f"peak learning rate (default: {Task.lr})")
+    parser.add_argument("--epochs", type=flag(BUDGET_RANGES["epochs"]), default=Budget.epochs, help=f"training epochs (default: {Budget.epochs})")
+    parser.add_argument("--batch-size", type=flag(TASK_RANGES["batch_size"]), default=Task.batch_size, help=f"batch size (default: {Task.batch_size})")
+    parser.add_argument("--lr", type=flag(TASK_RANGES["lr"]), default=Task.lr, help=f"peak learning rate (default: {Task.lr})")
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=Task.optimizer, help=f"(default: {Task.optimizer})")
-    parser.add_argument("--max-train-images", type=int, default=None, help="train on at most this many images")
-    parser.add_argument("--max-val-images", type=int, default=None, help="validate on at most this many images")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--max-train-images", type=flag(BUDGET_RANGES["max_train_images"]), default=None, help="train on at most this many images")
+    parser.add_argument("--max-val-images", type=flag(BUDGET_RANGES["max_val_images"]), default=None, help="validate on at most this many images")
+    parser.add_argument("--seed", type=flag(SEED_RANGE), default=0, help="random seed (default: 0)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--checkpoint-dir", type=Path, default=None, help="save a checkpoint every epoch here and resume from it")
     parser.add_argument("--no-latency", action="store_true", help="skip timing the model")
@@ -59,6 +61,8 @@ def run_train_command(args: argparse.Namespace) -> int:
     from scaling_lab.train.trainer import run_trial
 
     spec = load_spec(args.spec, args.overrides)
+    if args.checkpoint_dir is not None:
+        check_output_folder(args.checkpoint_dir, "--checkpoint-dir")
     task = Task(
         kind="detection" if isinstance(spec, DetectorSpec) else "classification",
         data=args.data,

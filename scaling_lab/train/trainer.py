@@ -58,13 +58,27 @@ MAX_BN_MOMENTUM = 0.1
 # The loss is checked for NaN/inf every this many steps (and at each epoch end) rather than at
 # every step, which would stop the GPU once per step to read it.
 LOSS_CHECK_INTERVAL = 20
+# A trial has diverged when its mean training loss (at those checks) is NaN or infinite, or more
+# than DIVERGENCE_FACTOR times the loss of its first step (the model as initialised). Healthy
+# training lowers the loss; a learning rate far too high (``--lr 1e6``) multiplies it by 1e10 or
+# more within an epoch, while noise between batches stays within a factor of a few.
+DIVERGENCE_FACTOR = 1e3
 # Batch-1 latency of a trial: a few timed forwards after a short warm-up, cheap on a CPU too
 # (``measure`` times more runs for its cached, publishable figures).
 LATENCY_WARMUP, LATENCY_RUNS = 2, 5
 
 
 class TrainingDiverged(ScalingLabError):
-    """The loss became NaN or infinite; a study records the trial as failed."""
+    """The loss became NaN, infinite or exploded (``divergence``); a study records the trial as failed."""
+
+
+def divergence(mean_loss: float, initial_loss: float | None) -> str | None:
+    """Why a loss means the trial diverged (see ``DIVERGENCE_FACTOR``), or None."""
+    if not math.isfinite(mean_loss):
+        return f"the loss became {mean_loss}"
+    if initial_loss is not None and initial_loss > 0 and mean_loss > DIVERGENCE_FACTOR * initial_loss:
+        return f"the loss reached {mean_loss:.4g}, over {DIVERGENCE_FACTOR:g} times its first step's {initial_loss:.4g}"
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,6 +292,7 @@ class _Progress:
     epoch: int = 0  # epochs completed
     curve: list[dict[str, float]] = field(default_factory=list)
     wall_time_s: float = 0.0
+    initial_loss: float | None = None  # the first step's, the reference of ``divergence``
 
 
 def _adapt_spec(spec: Spec, task: Task, dataset_classes: int, notes: list[str]) -> Spec:
@@ -404,7 +419,7 @@ def run_trial(
         if average is not None:
             average.load_state_dict(saved["ema"])
         _set_rng_state(saved["rng"])
-        state = _Progress(**{name: saved[name] for name in ("epoch", "curve", "wall_time_s")})
+        state = _Progress(**{name: saved[name] for name in ("epoch", "curve", "wall_time_s")}, initial_loss=saved.get("initial_loss"))
         notes.append(f"resumed from {checkpoint} after epoch {state.epoch}")
     previous_wall_time = state.wall_time_s
 
@@ -434,11 +449,14 @@ def run_trial(
                 if average is not None:
                     average.update()
                 loss_sum += loss.detach()
+                if state.initial_loss is None:
+                    state.initial_loss = loss.item()
                 if step % LOSS_CHECK_INTERVAL == 0 or step == steps_per_epoch:
                     mean_loss = loss_sum.item() / step
-                    if not math.isfinite(mean_loss):
+                    reason = divergence(mean_loss, state.initial_loss)
+                    if reason:
                         raise TrainingDiverged(
-                            f"training diverged: the loss became {mean_loss} in epoch {epoch + 1} (by step {step}) "
+                            f"training diverged: {reason} in epoch {epoch + 1} (by step {step}) "
                             f"of spec {spec.spec_hash} with lr {task.lr}; lower task lr or set grad_clip"
                         )
                     bar.set_postfix(epoch=epoch + 1, loss=f"{mean_loss:.4f}")
