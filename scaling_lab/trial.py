@@ -17,6 +17,7 @@ from scaling_lab.spec import coerce_field
 
 TASK_KINDS = ("detection", "classification")
 OPTIMIZERS = ("sgd", "adamw")
+BAD_DATA = ("error", "skip")
 
 
 def _from_mapping(cls, data: Mapping[str, Any] | None, where: str):
@@ -56,7 +57,11 @@ class Task:
     in float32 unless ``bf16_cpu``. ``augment`` turns on the loader's flip and scale jitter.
     ``adapt_num_classes``: a spec whose ``num_classes`` differs from the dataset's is trained
     with the dataset's (and the trial says so in its notes) instead of being an error.
-    ``latency`` times the model at batch 1 on the trial's device.
+    ``latency`` times the model at batch 1 on the trial's device. ``bad_data``: an image that is
+    missing, undecodable, truncated, a decompression bomb or not its annotated size, and an
+    annotation with a box of no positive size or outside its image, an unknown category id or a
+    duplicated image id, is an ``error`` naming the file (the default), or with ``skip`` dropped
+    and counted in the trial's notes.
     """
 
     kind: str = "detection"
@@ -80,12 +85,15 @@ class Task:
     augment: bool = True
     adapt_num_classes: bool = True
     latency: bool = True
+    bad_data: str = "error"
 
     def __post_init__(self) -> None:
         if self.kind not in TASK_KINDS:
             raise ScalingLabError(f"task kind {self.kind!r} is not valid; valid kinds are {', '.join(TASK_KINDS)}")
         if self.optimizer not in OPTIMIZERS:
             raise ScalingLabError(f"task optimizer {self.optimizer!r} is not valid; valid values are {', '.join(OPTIMIZERS)}")
+        if self.bad_data not in BAD_DATA:
+            raise ScalingLabError(f"task bad_data {self.bad_data!r} is not valid; valid values are {', '.join(BAD_DATA)}")
         check_fields(self, TASK_RANGES, "task")
 
     @classmethod

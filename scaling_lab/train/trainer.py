@@ -122,6 +122,19 @@ def limit_images(dataset, count: int | None):
     return ImageSubset(dataset, np.linspace(0, len(dataset) - 1, count).round().astype(int).tolist())
 
 
+def skipped_data_notes(train_set: Any, val_set: Any) -> list[str]:
+    """The trial's data summary of what ``task.bad_data: skip`` left out, one note per split."""
+    notes = []
+    for split, dataset in (("train", train_set), ("val", val_set)):
+        images, annotations = getattr(dataset, "images_skipped", 0), getattr(dataset, "annotations_skipped", 0)
+        stats = getattr(dataset, "stats", None)
+        if stats is not None:
+            images, annotations = stats.images_skipped, stats.annotations_skipped + stats.degenerate_dropped
+        if images or annotations:
+            notes.append(f"{split} data: skipped {images} unusable image(s) and {annotations} unusable annotation(s) (task bad_data: skip)")
+    return notes
+
+
 def _check_path(path: Path, what: str, hint: str) -> Path:
     if not path.exists():
         raise ScalingLabError(f"{what} {path} does not exist; {hint}")
@@ -142,7 +155,9 @@ def load_datasets(task: Task) -> tuple[Any, Any]:
     layout = "expected train/ and val/ folders, or 'synthetic'"
     _check_path(root, "task data folder", layout)
     if task.kind == "classification":
-        train, val = (ImageFolderClassification(_check_path(root / split, "classification split", layout)) for split in ("train", "val"))
+        train, val = (
+            ImageFolderClassification(_check_path(root / split, "classification split", layout), bad_data=task.bad_data) for split in ("train", "val")
+        )
         if train.class_names != val.class_names:
             raise ScalingLabError(
                 f"the train and val folders of {root} hold different classes ({train.class_names} vs {val.class_names}); "
@@ -154,7 +169,8 @@ def load_datasets(task: Task) -> tuple[Any, Any]:
         images = getattr(task, f"{split}_images") or root / split / "images"
         annotations = getattr(task, f"{split}_annotations") or root / split / "annotations.json"
         hint = f"set task {split}_images/{split}_annotations or use the layout <data>/{split}/images + <data>/{split}/annotations.json"
-        datasets.append(CocoDetection(_check_path(Path(images), "images folder", hint), _check_path(Path(annotations), "annotation file", hint)))
+        images, annotations = _check_path(Path(images), "images folder", hint), _check_path(Path(annotations), "annotation file", hint)
+        datasets.append(CocoDetection(images, annotations, bad_data=task.bad_data))
     train, val = datasets
     if train.label_to_category_id != val.label_to_category_id:
         raise ScalingLabError(
@@ -380,6 +396,7 @@ def run_trial(
     started = time.perf_counter()
     notes: list[str] = []
     train_set, val_set = load_datasets(task)
+    notes += skipped_data_notes(train_set, val_set)
     train_spec = _adapt_spec(spec, task, train_set.num_classes, notes)
     train_set, val_set = limit_images(train_set, budget.max_train_images), limit_images(val_set, budget.max_val_images)
 
