@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,6 +22,7 @@ from pycocotools.coco import COCO
 
 from scaling_lab.data.store import DEFAULT_MEMORY_BUDGET_BYTES, ImageStore
 from scaling_lab.data.transforms import image_problem
+from scaling_lab.documents import DocumentError, parse_json
 from scaling_lab.errors import ScalingLabError
 
 _MISSING_IMAGES_NAMED = 5
@@ -170,14 +170,15 @@ class CocoDetection:
 
 def _read_annotation_file(path: Path) -> Any:
     try:
-        with open(path, encoding="utf-8") as file:
-            return json.load(file)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ScalingLabError(f"annotation file {path} does not exist") from None
     except IsADirectoryError:
         raise ScalingLabError(f"annotation file {path} is a folder; expected a COCO-format JSON file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ScalingLabError(f"annotation file {path} is not valid JSON ({error})") from None
+    try:
+        return parse_json(data, f"annotation file {path}")
+    except DocumentError as error:
+        raise ScalingLabError(str(error).replace(f"annotation file {path}: not valid JSON", f"annotation file {path} is not valid JSON")) from None
 
 
 def _box_problem(width: float, height: float, inside: list[float]) -> str | None:

@@ -51,5 +51,6 @@ def _write_pngs(figures: list, folder: Path) -> None:
         try:
             figure.write_image(folder / f"{figure_id}.png", width=1100, height=500)
         except Exception as exc:  # kaleido's errors (no Chrome, a crashed browser) differ between versions
-            log.warning("PNG figures skipped: kaleido failed (%s). To get them: %s.", exc, PNG_HINT)
+            first_line = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            log.warning("PNG figures skipped: kaleido failed (%s). To get them: %s; or pass --no-png.", first_line[:160], PNG_HINT)
             return

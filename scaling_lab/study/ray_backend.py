@@ -22,6 +22,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.study.config import Group, StudyConfig
+from scaling_lab.study.ray_output import quiet_ray
 from scaling_lab.study.runner import MAX_CONSECUTIVE_REJECTIONS, CandidateRunner, StudySession, cost_counts, open_storage
 from scaling_lab.study.search_space import SearchSpace
 from optuna.trial import TrialState
@@ -158,6 +159,7 @@ def run_ray(session: StudySession, address: str | None) -> None:
     # Rejected and failed trials report no objective metric; the record says what happened.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     started_here = not ray.is_initialized()
+    quiet_ray()
     if started_here:
         try:
             ray.init(address=address, log_to_driver=False) if address else ray.init(num_cpus=os.cpu_count(), log_to_driver=False)

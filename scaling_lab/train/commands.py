@@ -16,7 +16,7 @@ from typing import Any
 from scaling_lab.files import check_output_folder
 from scaling_lab.ranges import BUDGET_RANGES, SEED_RANGE, TASK_RANGES, flag
 from scaling_lab.spec import load_spec
-from scaling_lab.trial import Budget, Task
+from scaling_lab.trial import BAD_DATA, Budget, Task
 
 
 def _json_safe(value: Any) -> Any:
@@ -51,6 +51,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=flag(SEED_RANGE), default=0, help="random seed (default: 0)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--checkpoint-dir", type=Path, default=None, help="save a checkpoint every epoch here and resume from it")
+    parser.add_argument(
+        "--bad-data", choices=BAD_DATA, default=Task.bad_data,
+        help="unusable images and annotations: an error naming them (default), or skip them and count them in the notes",
+    )
     parser.add_argument("--no-latency", action="store_true", help="skip timing the model")
     parser.add_argument("--json", action="store_true", help="print the whole trial result as one JSON object")
     parser.set_defaults(func=run_train_command)
@@ -70,6 +74,7 @@ def run_train_command(args: argparse.Namespace) -> int:
         lr=args.lr,
         optimizer=args.optimizer,
         latency=not args.no_latency,
+        bad_data=args.bad_data,
     )
     budget = Budget(epochs=args.epochs, max_train_images=args.max_train_images, max_val_images=args.max_val_images)
     result = run_trial(spec, task, budget, seed=args.seed, checkpoint_dir=args.checkpoint_dir, device=args.device, progress=True)
