@@ -62,8 +62,9 @@ def parse_yaml(text: str, where: str) -> Any:
     """A YAML (or JSON) document within the limits; ``where`` names it in errors."""
     if len(text.encode("utf-8", errors="replace")) > MAX_YAML_BYTES:
         raise DocumentError(f"{where}: larger than {MAX_YAML_BYTES // (1024 * 1024)} MiB; a spec, study or search space is a few KB")
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
         if node is None:
             return None
@@ -74,7 +75,8 @@ def parse_yaml(text: str, where: str) -> Any:
     except yaml.YAMLError as exc:
         raise DocumentError(f"{where}: not valid UTF-8 YAML/JSON ({exc})") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_document(path: Path) -> Any:
