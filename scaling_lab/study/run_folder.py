@@ -259,6 +259,11 @@ def checked_run_dir(target: str | Path) -> Path:
     damaged derived files rebuilt. A study file names a shared database the folder may not."""
     run_dir = run_dir_for(target)
     local = any((run_dir / name).is_file() for name in ("study.db", "study.journal"))
-    storage_url = load_study(target, run_dir=run_dir).storage_url if Path(target).is_file() and not local else None
+    storage_url = None
+    if Path(target).is_file() and not local and damaged_files(run_dir):
+        try:
+            storage_url = load_study(target, run_dir=run_dir).storage_url
+        except ScalingLabError:
+            pass  # then the storage study.json records, or the default
     check_run_folder(run_dir, storage_url)
     return run_dir
