@@ -126,6 +126,7 @@ ROWS: list[Row] = [
     ("study run_dir under a file", lambda t, f: ["run", str(write_study(t, run_dir=str(Path(spec_file(t, "x", "file")) / "run")))], 2, ["tiny.yaml: run_dir", "is a file, so the folder cannot be created"]),
     ("train --checkpoint-dir is a file", lambda t, f: ["train", spec_file(t, json.dumps(TINY_SPEC)), "--checkpoint-dir", spec_file(t, "x", "file")], 2, ["--checkpoint-dir", "is a file, not a folder"]),
     ("report --out is a file", lambda t, f: ["report", run_folder(t, f), "--no-png", "--out", spec_file(t, "x", "file")], 2, ["--out", "is a file, not a folder"]),
+    ("report folder is a file", lambda t, f: ["report", run_folder(t, f), "--no-png"] if Path(spec_file(t, "x", "reports")) else [], 2, ["report folder reports/tiny", "reports is a file"]),
     ("report --out unwritable", lambda t, f: ["report", run_folder(t, f), "--no-png", "--out", "/proc/scaling-lab-report"], 2, ["--out /proc/scaling-lab-report: cannot be written"]),
     # Values that cannot be right: one range table for flags and study keys.
     ("train --lr nan", lambda t, f: ["train", "efficientdet-d0", "--lr", "nan"], 2, ["argument --lr", "'nan' is not valid", "finite number > 0"]),

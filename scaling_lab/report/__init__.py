@@ -11,7 +11,7 @@ import importlib.util
 import logging
 from pathlib import Path
 
-from scaling_lab.files import atomic_write, atomic_write_text
+from scaling_lab.files import atomic_write, atomic_write_text, check_output_folder
 from scaling_lab.report.analysis import configurations
 from scaling_lab.report.pareto import pareto_front
 from scaling_lab.report.run import Run, load_run
@@ -30,7 +30,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, png: bo
     of ``index.html``. PNG export problems are logged, never fatal: the HTML is the report.
     """
     run = load_run(run_dir)
-    out = Path(out_dir) if out_dir is not None else Path("reports") / run.name
+    out = check_output_folder(Path(out_dir) if out_dir is not None else Path("reports") / run.name, "report folder")
     out.mkdir(parents=True, exist_ok=True)
     page = build_page(run)
     index = out / "index.html"
