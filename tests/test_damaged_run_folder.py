@@ -150,3 +150,18 @@ def test_status_reads_an_intact_folder_without_warnings(study_copy, capsys):
     assert cli.main(["status", str(study_copy / "run"), "--json"]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)["complete"] == 2 and err == ""
+
+
+def test_study_json_of_a_database_without_its_record_is_refused_clearly(study_copy, capsys):
+    """A database written before study.json's content was kept in it cannot rebuild study.json."""
+    import optuna
+
+    from scaling_lab.study.results import INFO_ATTR
+
+    run_dir = study_copy / "run"
+    optuna.load_study(study_name="tiny", storage=f"sqlite:///{run_dir / 'study.db'}").set_user_attr(INFO_ATTR, None)
+    (run_dir / "study.json").write_text("{broken")
+    assert cli.main(["status", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "holds the trials but not the study record that study.json is rebuilt from" in err and "scaling-lab run" in err
+    assert (run_dir / "study.json").read_text() == "{broken"

@@ -23,12 +23,11 @@ from scaling_lab.documents import DocumentError, parse_json
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.files import atomic_write, atomic_write_text
 from scaling_lab.study import results
-from scaling_lab.study.config import load_study, run_dir_for
+from scaling_lab.study.config import DIRECTIONS, load_study, run_dir_for
 from scaling_lab.trial import TASK_KINDS
 
 STUDY_JSON, PARQUET, CSV = "study.json", "results.parquet", "results.csv"
 DERIVED = (STUDY_JSON, PARQUET, CSV)
-DIRECTIONS = ("maximize", "minimize")
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
@@ -148,6 +147,8 @@ def load_stored_study(database: Database, name: str | None = None) -> optuna.Stu
         names = [summary.study_name for summary in optuna.get_all_study_summaries(storage)]
         if name is None and len(names) == 1:
             name = names[0]
+        if name is None:
+            raise ScalingLabError(f"{database.name}: holds {len(names)} studies ({', '.join(names) or 'none'}); its study.json would say which is this run folder's")
         if name not in names:
             raise ScalingLabError(f"{database.name}: the study database holds no study {name!r} (it holds {names or 'none'})")
         return optuna.load_study(study_name=name, storage=storage)
@@ -196,7 +197,7 @@ def check_run_folder(run_dir: Path, storage_url: str | None = None, rebuild: boo
     damaged = damaged_files(run_dir)
     database = find_database(run_dir, storage_url)
     local = database.path is not None and database.present
-    missing = [name for name in DERIVED if not (run_dir / name).exists()] if local else []
+    missing = [name for name in DERIVED if not (run_dir / name).exists()] if local and rebuild else []
     if not damaged and not missing:
         return []
     if damaged:
