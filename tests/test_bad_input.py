@@ -144,6 +144,7 @@ ROWS: list[Row] = [
     ("task.ema 1", lambda t, f: ["run", str(write_study(t)), "--set", "task.ema=1"], 2, ["task ema 1.0 is not valid", "in [0, 1)"]),
     ("task.warmup_epochs -1", lambda t, f: ["run", str(write_study(t)), "--set", "task.warmup_epochs=-1"], 2, ["task warmup_epochs -1.0 is not valid"]),
     ("task.bad_data", lambda t, f: ["run", str(write_study(t)), "--set", "task.bad_data=ignore"], 2, ["bad_data 'ignore' is not valid; valid values are error, skip"]),
+    ("train --lr 1e6 diverges", lambda t, f: ["train", spec_file(t, json.dumps(TINY_SPEC)), "--data", coco_folder(t, lambda d, i: None), "--lr", "1e6", "--batch-size", "1", "--epochs", "2", "--no-latency"], 2, ["training diverged: the loss reached", "in epoch 1", "lr 1000000.0"]),
     # Documents beyond the readers' limits.
     ("deeply nested spec", lambda t, f: ["measure", deep_yaml(t)], 2, ["deep.yaml", "nested"]),
     ("alias bomb spec", lambda t, f: ["measure", alias_bomb(t)], 2, ["bomb.yaml", "aliases expanded", "1,000,000"]),
