@@ -16,6 +16,8 @@ Geometry conventions (the training and evaluation code rely on them):
 
 from __future__ import annotations
 
+import functools
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +83,19 @@ def _bomb(error: Exception | None = None, width: int = 0, height: int = 0) -> st
 def image_problem(path: Path, expected_size: tuple[int, int] | None = None) -> str | None:
     """Why the image file ``path`` cannot be used, read from its header and (PNG) chunk
     checksums without decoding it: missing, not an image, a decompression bomb, truncated, or
-    not the (height, width) its annotation says. None when it looks usable."""
+    not the (height, width) its annotation says. None when it looks usable. Remembered per
+    file version (size and modification time): every trial of a study loads the same data."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as error:
+        return f"cannot be read ({error.strerror})"
+    return _file_problem(str(path), status.st_size, status.st_mtime_ns, tuple(expected_size) if expected_size is not None else None)
+
+
+@functools.lru_cache(maxsize=1 << 20)
+def _file_problem(path: str, size: int, modified_ns: int, expected_size: tuple[int, int] | None) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
