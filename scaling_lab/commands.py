@@ -9,6 +9,7 @@ from typing import Any
 from scaling_lab.measure import Measurement, measure
 from scaling_lab.paper import OFFICIAL_FLOPS, OFFICIAL_PARAMS, EfficientNetRow, paper_row
 from scaling_lab.presets import PRESETS
+from scaling_lab.ranges import POSITIVE_INT, flag
 from scaling_lab.spec import BackboneSpec, DetectorSpec, Spec, load_spec
 
 
@@ -21,7 +22,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     counts.add_argument("spec", metavar="NAME_OR_SPEC_FILE", help="a preset name or a YAML/JSON spec file")
     counts.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="change a spec field, e.g. backbone.width=1.2 (repeatable)")
     counts.add_argument("--latency", action="store_true", help="also time the forward pass (batch 1 and --batch-size)")
-    counts.add_argument("--batch-size", type=int, default=8, help="batch size of the second latency figure (default 8)")
+    counts.add_argument("--batch-size", type=flag(POSITIVE_INT), default=8, help="batch size of the second latency figure (default 8)")
     counts.add_argument("--device", default=None, help="device for latency (default: cuda if available, else cpu)")
     counts.add_argument("--no-cache", action="store_true", help="measure again instead of reading the cache")
     counts.add_argument("--json", action="store_true", help="print one JSON object")

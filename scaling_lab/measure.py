@@ -27,7 +27,6 @@ import math
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from typing import Any, Callable
 import torch
 
 from scaling_lab.errors import ScalingLabError
+from scaling_lab.files import atomic_write_text
 from scaling_lab.models import build_model
 from scaling_lab.spec import Spec
 
@@ -320,9 +320,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(data, handle)
-    os.replace(handle.name, path)
+    atomic_write_text(path, json.dumps(data))
 
 
 def measure_latency(

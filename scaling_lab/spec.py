@@ -22,6 +22,7 @@ from typing import Any, Mapping, Union
 
 import yaml
 
+from scaling_lab.documents import DocumentError, read_document
 from scaling_lab.errors import SpecError
 from scaling_lab.graphs import feature_graph
 
@@ -383,11 +384,12 @@ def apply_overrides(spec: Spec, assignments: list[str] | tuple[str, ...]) -> Spe
 
 
 def read_yaml(path: Path) -> Any:
-    """A YAML (or JSON) file's content; unreadable, non-UTF-8 or invalid files name the file."""
+    """A YAML (or JSON) file's content, read within ``scaling_lab.documents``' limits; unreadable,
+    non-UTF-8, invalid or over-limit files name the file."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise SpecError(f"{path}: not valid UTF-8 YAML/JSON ({exc})") from None
+        return read_document(path)
+    except DocumentError as exc:
+        raise SpecError(str(exc)) from None
 
 
 def load_spec(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Spec:

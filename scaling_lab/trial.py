@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from scaling_lab.errors import ScalingLabError
+from scaling_lab.ranges import BUDGET_RANGES, TASK_RANGES, check_fields
 from scaling_lab.spec import coerce_field
 
 TASK_KINDS = ("detection", "classification")
@@ -19,6 +20,7 @@ OPTIMIZERS = ("sgd", "adamw")
 # The official EfficientDet recipe: SGD at lr 0.08 for a global batch of 64, scaled linearly
 # with the batch (Goyal et al.'s linear scaling rule) when ``lr`` is not given.
 BASE_LR, BASE_BATCH_SIZE = 0.08, 64
+BAD_DATA = ("error", "skip")
 
 
 def _from_mapping(cls, data: Mapping[str, Any] | None, where: str):
@@ -61,6 +63,10 @@ class Task:
     ``latency`` times the model at batch 1 on the trial's device after training (a standalone
     run, which has the device to itself); studies turn it off, since their trials may share a
     device, and time each spec alone from the driver (``scaling_lab.measure.measure_latency``).
+    ``bad_data``: an image that is missing, undecodable, truncated, a decompression bomb or not
+    its annotated size, and an annotation with a box of no positive size or outside its image,
+    an unknown category id or a duplicated image id, is an ``error`` naming the file (the
+    default), or with ``skip`` dropped and counted in the trial's notes.
     """
 
     kind: str = "detection"
@@ -84,28 +90,21 @@ class Task:
     augment: bool = True
     adapt_num_classes: bool = True
     latency: bool = True
+    bad_data: str = "error"
 
     def __post_init__(self) -> None:
         if self.kind not in TASK_KINDS:
             raise ScalingLabError(f"task kind {self.kind!r} is not valid; valid kinds are {', '.join(TASK_KINDS)}")
         if self.optimizer not in OPTIMIZERS:
             raise ScalingLabError(f"task optimizer {self.optimizer!r} is not valid; valid values are {', '.join(OPTIMIZERS)}")
-        if self.batch_size < 1:
-            raise ScalingLabError(f"task batch_size {self.batch_size} must be at least 1")
-        if self.lr is not None and self.lr <= 0:
-            raise ScalingLabError(f"task lr {self.lr} must be positive")
+        if self.bad_data not in BAD_DATA:
+            raise ScalingLabError(f"task bad_data {self.bad_data!r} is not valid; valid values are {', '.join(BAD_DATA)}")
+        check_fields(self, TASK_RANGES, "task")
         if self.lr is None and self.optimizer != "sgd":
             raise ScalingLabError(
                 f"task lr: optimizer {self.optimizer} has no official base rate to scale with the batch; give lr "
                 "(e.g. 0.001), or use sgd, whose default is 0.08 · batch_size / 64"
             )
-        if self.weight_decay < 0 or self.warmup_epochs < 0 or self.grad_clip < 0:
-            raise ScalingLabError(
-                f"task weight_decay {self.weight_decay}, warmup_epochs {self.warmup_epochs} and grad_clip "
-                f"{self.grad_clip} must be at least 0"
-            )
-        if not 0 <= self.ema < 1:
-            raise ScalingLabError(f"task ema {self.ema} must be in [0, 1) (0 = off; the official decay is 0.9998)")
 
     @property
     def peak_lr(self) -> float:
@@ -128,14 +127,7 @@ class Budget:
     eval_every: int = 1
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ScalingLabError(f"budget epochs {self.epochs} must be at least 1")
-        if not isinstance(self.eval_every, int) or self.eval_every < 1:
-            raise ScalingLabError(f"budget eval_every {self.eval_every!r} must be an integer of at least 1")
-        for name in ("max_train_images", "max_val_images"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ScalingLabError(f"budget {name} {value!r} must be a positive integer or null (all images)")
+        check_fields(self, BUDGET_RANGES, "budget")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, where: str = "budget") -> "Budget":

@@ -81,7 +81,7 @@ def test_category_ids_become_contiguous_labels_in_id_order(tmp_path):
     assert sorted(dataset.coco.getImgIds()) == [1, 2]  # the pycocotools object, for loadRes/COCOeval
 
 
-def test_crowd_ignored_degenerate_dropped_and_partly_outside_clipped_and_counted(tmp_path):
+def test_crowd_ignored_partly_outside_clipped_and_bad_boxes_dropped_when_skipping(tmp_path):
     annotations = [
         box(1, 1, [10, 10, 20, 20]),  # kept
         box(2, 1, [30, 30, 50, 50], iscrowd=1),  # crowd: ignored
@@ -90,7 +90,10 @@ def test_crowd_ignored_degenerate_dropped_and_partly_outside_clipped_and_counted
         box(5, 1, [250, 10, 20, 20]),  # entirely right of the 200 px wide image: dropped
         box(6, 1, [-10, 90, 30, 30]),  # partly outside: clipped to [0, 90, 20, 100]
     ]
-    dataset = CocoDetection(*write_coco(tmp_path, [image(1)], annotations))
+    files = write_coco(tmp_path, [image(1)], annotations)
+    with pytest.raises(ScalingLabError, match=r"annotation 3 \(image 1\): bbox \[40, 40, 0, 10\] has a width or height that is not positive"):
+        CocoDetection(*files)  # by default a bad box is an error naming it
+    dataset = CocoDetection(*files, bad_data="skip")
     boxes, labels = dataset.targets(0)
     np.testing.assert_allclose(boxes, [[10, 10, 30, 30], [0, 90, 20, 100]])
     assert labels.tolist() == [0, 0]
@@ -152,16 +155,23 @@ def test_empty_dataset_is_an_error(tmp_path):
 def test_image_size_differing_from_the_annotation_is_an_error_naming_the_image(tmp_path):
     images_dir, annotation_file = write_coco(tmp_path, [image(1, 200, 100)], [])
     Image.new("RGB", (50, 50)).save(images_dir / "1.png")
+    with pytest.raises(ScalingLabError, match=r"1\.png \(image id 1\) is 50x50 .* says 200x100"):
+        CocoDetection(images_dir, annotation_file)  # found up front, before training
+    Image.new("RGB", (200, 100)).save(images_dir / "1.png")
     loader = DetectionLoader(CocoDetection(images_dir, annotation_file), 64, 1, train=False)
+    Image.new("RGB", (50, 50)).save(images_dir / "1.png")  # replaced while the dataset is open
     with pytest.raises(ScalingLabError, match=r"1\.png is 50x50 .* says 200x100"):
         next(iter(loader))
 
 
 def test_unreadable_image_is_an_error_naming_it(tmp_path):
     images_dir, annotation_file = write_coco(tmp_path, [image(1)], [])
+    dataset = CocoDetection(images_dir, annotation_file)
     (images_dir / "1.png").write_bytes(b"not a png")
+    with pytest.raises(ScalingLabError, match=r"1\.png \(image id 1\) cannot be read as an image"):
+        CocoDetection(images_dir, annotation_file)
     with pytest.raises(ScalingLabError, match=r"1\.png cannot be read as an image"):
-        next(iter(DetectionLoader(CocoDetection(images_dir, annotation_file), 64, 1, train=False)))
+        next(iter(DetectionLoader(dataset, 64, 1, train=False)))
 
 
 # --- batching contract ------------------------------------------------------------------------

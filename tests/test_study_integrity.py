@@ -11,7 +11,7 @@ import pytest
 
 from scaling_lab import cli
 from scaling_lab.errors import ScalingLabError
-from scaling_lab.report import load_run, report_dir_for, write_report
+from scaling_lab.report import load_run, report_dir_for
 from scaling_lab.report.analysis import compound_grid, configurations, derived_coefficients
 from scaling_lab.study import load_study, run_dir_for, run_study
 from scaling_lab.study.derive import derive_coefficients

@@ -329,6 +329,15 @@ def test_non_finite_loss_stops_the_trial(monkeypatch):
     assert issubclass(trainer.TrainingDiverged, ScalingLabError)
 
 
+def test_exploding_loss_ends_the_trial_as_diverged_with_epoch_and_loss():
+    # --lr 1e6 used to train to a loss of ~1e16 and report success.
+    with pytest.raises(trainer.TrainingDiverged, match=r"the loss reached \S+, over 1000 times its first step's \S+ in epoch 1"):
+        run_trial(TINY_DETECTOR, tiny_task(lr=1e6), Budget(epochs=2))
+    assert trainer.divergence(3.0, 2.5) is None and trainer.divergence(2.4e3, 2.5) is None
+    assert trainer.divergence(2.6e3, 2.5).startswith("the loss reached 2600")
+    assert trainer.divergence(math.nan, 2.5) == "the loss became nan"
+
+
 def test_classification_trial_reports_top1_top5():
     knobs = dict(train_per_class=4, val_per_class=2, image_size=32)
     task = Task(kind="classification", synthetic=tuple(sorted(knobs.items())), batch_size=8, lr=0.05, latency=False)

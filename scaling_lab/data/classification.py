@@ -12,6 +12,7 @@ import torch
 
 from scaling_lab.data.loader import BatchLoader
 from scaling_lab.data.store import DEFAULT_MEMORY_BUDGET_BYTES, ImageStore, PixelBatch
+from scaling_lab.data.transforms import image_problem
 from scaling_lab.errors import ScalingLabError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -20,11 +21,12 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 class ImageFolderClassification:
     """``root/<class name>/<image>``: labels 0..K-1 follow the sorted class-folder names.
 
-    Hidden entries and files without an image extension are skipped; unreadable images are
-    reported (by name) when first decoded.
+    Hidden entries and files without an image extension are skipped; image files that cannot be
+    used (``image_problem``) are an error naming them, or with ``bad_data="skip"`` left out and
+    counted in ``images_skipped``.
     """
 
-    def __init__(self, root: str | Path, memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES) -> None:
+    def __init__(self, root: str | Path, memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES, bad_data: str = "error") -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise ScalingLabError(f"classification folder {self.root} does not exist or is not a folder")
@@ -48,6 +50,17 @@ class ImageFolderClassification:
                 )
             paths += images
             labels += [label] * len(images)
+        problems = {path: problem for path in paths if (problem := image_problem(path))}
+        if problems and bad_data != "skip":
+            named = "; ".join(f"{path} {problem}" for path, problem in list(problems.items())[:5])
+            more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+            raise ScalingLabError(
+                f"{len(problems)} image file(s) in {self.root} cannot be used: {named}{more}. Fix or remove them, "
+                "or set task bad_data: skip to train without them"
+            )
+        labels = [label for path, label in zip(paths, labels) if path not in problems]
+        paths = [path for path in paths if path not in problems]
+        self.images_skipped = len(problems)
         self.paths = paths
         self.labels = torch.tensor(labels, dtype=torch.int64)
         self.image_store = ImageStore(paths, memory_budget_bytes=memory_budget_bytes)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,6 +21,8 @@ import torch
 from pycocotools.coco import COCO
 
 from scaling_lab.data.store import DEFAULT_MEMORY_BUDGET_BYTES, ImageStore
+from scaling_lab.data.transforms import image_problem
+from scaling_lab.documents import DocumentError, parse_json
 from scaling_lab.errors import ScalingLabError
 
 _MISSING_IMAGES_NAMED = 5
@@ -37,6 +38,11 @@ class CocoStats:
     crowd_ignored: int
     degenerate_dropped: int  # zero/negative width or height, or entirely outside the image
     clipped: int  # partly outside the image, clipped to it (and kept)
+    images_skipped: int = 0  # with bad_data="skip": unusable image files and duplicated image ids
+    annotations_skipped: int = 0  # with bad_data="skip": unknown category ids, boxes of skipped images
+
+
+BAD_DATA = ("error", "skip")
 
 
 class CocoDetection:
@@ -50,11 +56,18 @@ class CocoDetection:
         images_dir: str | Path,
         annotation_file: str | Path,
         memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+        bad_data: str = "error",
     ) -> None:
+        if bad_data not in BAD_DATA:
+            raise ScalingLabError(f"bad_data {bad_data!r} is not valid; valid values are {', '.join(BAD_DATA)}")
         self.images_dir = Path(images_dir)
         self.annotation_file = Path(annotation_file)
+        skip = bad_data == "skip"
         data = _read_annotation_file(self.annotation_file)
-        _check_structure(data, self.annotation_file)
+        skipped = _check_structure(data, self.annotation_file, skip)
+        if not self.images_dir.is_dir():
+            raise ScalingLabError(f"images folder {self.images_dir} (for {self.annotation_file}) does not exist or is not a folder")
+        skipped = _check_image_files(data, self.images_dir, self.annotation_file, skip, skipped)
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             self.coco = COCO()
             self.coco.dataset = data
@@ -68,7 +81,6 @@ class CocoDetection:
             raise ScalingLabError(f"annotation file {self.annotation_file} lists no images; a dataset needs at least one")
         images = [self.coco.imgs[image_id] for image_id in self.image_ids]
         paths = [self.images_dir / image["file_name"] for image in images]
-        _check_images_exist(paths, self.image_ids, self.images_dir, self.annotation_file)
         self.image_store = ImageStore(paths, [(image["height"], image["width"]) for image in images], memory_budget_bytes)
 
         self._boxes: list[np.ndarray] = []
@@ -83,7 +95,13 @@ class CocoDetection:
                 x, y, width, height = annotation["bbox"]
                 box = [x, y, x + width, y + height]
                 inside = [min(max(value, 0.0), limit) for value, limit in zip(box, [image["width"], image["height"]] * 2)]
-                if width <= 0 or height <= 0 or inside[2] <= inside[0] or inside[3] <= inside[1]:
+                problem = _box_problem(width, height, inside)
+                if problem:
+                    if not skip:
+                        raise ScalingLabError(
+                            f"annotation file {self.annotation_file}: annotation {annotation['id']} (image {image['id']}): bbox "
+                            f"{annotation['bbox']} {problem}; fix it, or set task bad_data: skip to drop such boxes"
+                        )
                     degenerate += 1
                     continue
                 clipped += inside != box
@@ -98,6 +116,8 @@ class CocoDetection:
             crowd_ignored=crowd,
             degenerate_dropped=degenerate,
             clipped=clipped,
+            images_skipped=skipped["images"],
+            annotations_skipped=skipped["annotations"],
         )
 
     def __len__(self) -> int:
@@ -150,25 +170,42 @@ class CocoDetection:
 
 def _read_annotation_file(path: Path) -> Any:
     try:
-        with open(path, encoding="utf-8") as file:
-            return json.load(file)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ScalingLabError(f"annotation file {path} does not exist") from None
     except IsADirectoryError:
         raise ScalingLabError(f"annotation file {path} is a folder; expected a COCO-format JSON file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ScalingLabError(f"annotation file {path} is not valid JSON ({error})") from None
+    try:
+        return parse_json(data, f"annotation file {path}")
+    except DocumentError as error:
+        raise ScalingLabError(str(error).replace(f"annotation file {path}: not valid JSON", f"annotation file {path} is not valid JSON")) from None
 
 
-def _check_structure(data: Any, path: Path) -> None:
+def _box_problem(width: float, height: float, inside: list[float]) -> str | None:
+    """Why a box is unusable: a size that is not positive, or no part inside its image."""
+    if width <= 0 or height <= 0:
+        return "has a width or height that is not positive"
+    if inside[2] <= inside[0] or inside[3] <= inside[1]:
+        return "lies entirely outside its image"
+    return None
+
+
+def _check_structure(data: Any, path: Path, skip: bool = False) -> dict[str, int]:
     """Every field the dataset, pycocotools and COCOeval rely on, with the right type
-    (``iscrowd`` and ``area`` default to 0 and the box area)."""
+    (``iscrowd`` and ``area`` default to 0 and the box area). Duplicated image ids and unknown
+    category ids are errors, or with ``skip`` dropped (an image id's later duplicates; boxes with
+    an unknown category) and counted; returns those counts."""
     if not isinstance(data, dict):
         raise ScalingLabError(f"annotation file {path}: expected a JSON object with images, annotations and categories")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ScalingLabError(f"annotation file {path}: key {key!r} is missing or not a list; COCO format needs it")
+    skipped = {"images": 0, "annotations": 0}
     category_ids = _unique_ids(data["categories"], "categories", path)
+    if skip:
+        kept = _first_of_each_id(data["images"], "images", path)
+        skipped["images"] += len(data["images"]) - len(kept)
+        data["images"] = kept
     image_ids = _unique_ids(data["images"], "images", path)
     for image in data["images"]:
         where = f"annotation file {path}: image {image['id']}"
@@ -178,6 +215,10 @@ def _check_structure(data: Any, path: Path) -> None:
             if not _is_number(image.get(key)) or image[key] <= 0:
                 raise ScalingLabError(f"{where}: {key!r} is {image.get(key)!r}; expected a positive number of pixels")
     _unique_ids(data["annotations"], "annotations", path)
+    if skip:
+        kept = [a for a in data["annotations"] if a.get("category_id") in category_ids]
+        skipped["annotations"] += len(data["annotations"]) - len(kept)
+        data["annotations"] = kept
     for annotation in data["annotations"]:
         where = f"annotation file {path}: annotation {annotation['id']}"
         if annotation.get("image_id") not in image_ids:
@@ -185,22 +226,34 @@ def _check_structure(data: Any, path: Path) -> None:
         if annotation.get("category_id") not in category_ids:
             valid = ", ".join(map(str, sorted(category_ids)))
             raise ScalingLabError(
-                f"{where}: unknown category_id {annotation.get('category_id')!r}; valid category ids are {valid}"
+                f"{where}: unknown category_id {annotation.get('category_id')!r}; valid category ids are {valid} "
+                "(or set task bad_data: skip to drop such annotations)"
             )
         bbox = annotation.get("bbox")
         if not isinstance(bbox, list) or len(bbox) != 4 or not all(map(_is_number, bbox)):
             raise ScalingLabError(f"{where}: bbox {bbox!r} must be [x, y, width, height] (4 numbers)")
         annotation.setdefault("iscrowd", 0)  # COCOeval needs both; converted datasets often omit them
         annotation.setdefault("area", max(bbox[2], 0) * max(bbox[3], 0))
+    return skipped
 
 
-def _unique_ids(records: list, key: str, path: Path) -> set:
+def _first_of_each_id(records: list, key: str, path: Path) -> list:
+    """The records without later ones repeating an id (each must have an integer id)."""
+    _unique_ids(records, key, path, duplicates_ok=True)
+    first: dict[int, dict] = {}
+    for record in records:
+        first.setdefault(record["id"], record)
+    return list(first.values())
+
+
+def _unique_ids(records: list, key: str, path: Path, duplicates_ok: bool = False) -> set:
     ids = set()
     for position, record in enumerate(records):
         if not isinstance(record, dict) or not isinstance(record.get("id"), int) or isinstance(record["id"], bool):
             raise ScalingLabError(f"annotation file {path}: {key}[{position}] has no integer 'id'")
-        if record["id"] in ids:
-            raise ScalingLabError(f"annotation file {path}: {key} id {record['id']} appears twice; ids must be unique")
+        if record["id"] in ids and not duplicates_ok:
+            hint = " (or set task bad_data: skip to keep the first)" if key == "images" else ""
+            raise ScalingLabError(f"annotation file {path}: {key} id {record['id']} appears twice; ids must be unique{hint}")
         ids.add(record["id"])
     return ids
 
@@ -209,14 +262,28 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _check_images_exist(paths: list[Path], image_ids: list[int], images_dir: Path, annotation_file: Path) -> None:
-    if not images_dir.is_dir():
-        raise ScalingLabError(f"images folder {images_dir} (for {annotation_file}) does not exist or is not a folder")
-    missing = [(path, image_id) for path, image_id in zip(paths, image_ids) if not path.is_file()]
-    if not missing:
-        return
-    named = ", ".join(f"{path.name} (image id {image_id})" for path, image_id in missing[:_MISSING_IMAGES_NAMED])
-    more = f" and {len(missing) - _MISSING_IMAGES_NAMED} more" if len(missing) > _MISSING_IMAGES_NAMED else ""
-    raise ScalingLabError(
-        f"{len(missing)} image file(s) listed in {annotation_file} are missing from {images_dir}: {named}{more}"
-    )
+def _check_image_files(data: dict, images_dir: Path, annotation_file: Path, skip: bool, skipped: dict[str, int]) -> dict[str, int]:
+    """Every listed image file checked from its header (``image_problem``): missing, not an
+    image, a decompression bomb, truncated (PNG) or not the annotated size. An error naming the
+    files, or with ``skip`` the images and their boxes dropped and counted."""
+    bad = []
+    for image in data["images"]:
+        path = images_dir / image["file_name"]
+        problem = image_problem(path, (image["height"], image["width"]))
+        if problem:
+            bad.append((image["id"], path, problem))
+    if not bad:
+        return skipped
+    if not skip:
+        named = "; ".join(f"{path.name} (image id {image_id}) {problem}" for image_id, path, problem in bad[:_MISSING_IMAGES_NAMED])
+        more = f"; and {len(bad) - _MISSING_IMAGES_NAMED} more" if len(bad) > _MISSING_IMAGES_NAMED else ""
+        raise ScalingLabError(
+            f"{len(bad)} image file(s) listed in {annotation_file} cannot be used, in {images_dir}: {named}{more}. "
+            "Fix or remove them, or set task bad_data: skip to train without them"
+        )
+    dropped = {image_id for image_id, _, _ in bad}
+    kept = [a for a in data["annotations"] if a["image_id"] not in dropped]
+    skipped = {"images": skipped["images"] + len(dropped), "annotations": skipped["annotations"] + len(data["annotations"]) - len(kept)}
+    data["images"] = [image for image in data["images"] if image["id"] not in dropped]
+    data["annotations"] = kept
+    return skipped

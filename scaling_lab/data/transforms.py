@@ -16,6 +16,9 @@ Geometry conventions (the training and evaluation code rely on them):
 
 from __future__ import annotations
 
+import functools
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,8 +66,53 @@ def load_image_resized(
             return np.array(image), scale  # a writable copy, for torch.from_numpy
     except FileNotFoundError:
         raise ScalingLabError(f"image file {path} does not exist") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+    except Image.DecompressionBombError as error:
+        raise ScalingLabError(f"image file {path} {_bomb(error)}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ScalingLabError(f"image file {path} cannot be read as an image ({error})") from None
+
+
+def _bomb(error: Exception | None = None, width: int = 0, height: int = 0) -> str:
+    declared = f"declares {width}x{height} pixels, " if width else ""
+    return (
+        f"{declared}over the {Image.MAX_IMAGE_PIXELS / 1e6:.0f}-megapixel limit (a decompression bomb, or an image far too "
+        f"large to train on{f': {error}' if error else ''})"
+    )
+
+
+def image_problem(path: Path, expected_size: tuple[int, int] | None = None) -> str | None:
+    """Why the image file ``path`` cannot be used, read from its header and (PNG) chunk
+    checksums without decoding it: missing, not an image, a decompression bomb, truncated, or
+    not the (height, width) its annotation says. None when it looks usable. Remembered per
+    file version (size and modification time): every trial of a study loads the same data."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as error:
+        return f"cannot be read ({error.strerror})"
+    return _file_problem(str(path), status.st_size, status.st_mtime_ns, tuple(expected_size) if expected_size is not None else None)
+
+
+@functools.lru_cache(maxsize=1 << 20)
+def _file_problem(path: str, size: int, modified_ns: int, expected_size: tuple[int, int] | None) -> str | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > Image.MAX_IMAGE_PIXELS:
+                    return _bomb(width=width, height=height)
+                if expected_size is not None and (height, width) != tuple(expected_size):
+                    return f"is {width}x{height} (width x height) on disk but the annotation says {expected_size[1]}x{expected_size[0]}"
+                image.verify()
+    except FileNotFoundError:
+        return "does not exist"
+    except Image.DecompressionBombError as error:
+        return _bomb(error)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        return f"cannot be read as an image ({error})"
+    return None
 
 
 def normalize_padded(pixels: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ import importlib.util
 import logging
 from pathlib import Path
 
+from scaling_lab.files import atomic_write, atomic_write_text, check_output_folder
 from scaling_lab.report.analysis import configurations
 from scaling_lab.report.pareto import pareto_front
 from scaling_lab.report.run import Run, load_run
@@ -39,13 +40,13 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, png: bo
     of ``index.html``. PNG export problems are logged, never fatal: the HTML is the report.
     """
     run = load_run(run_dir)
-    out = Path(out_dir) if out_dir is not None else report_dir_for(run_dir)
+    out = check_output_folder(Path(out_dir) if out_dir is not None else report_dir_for(run_dir), "report folder")
     out.mkdir(parents=True, exist_ok=True)
     page = build_page(run)
     index = out / "index.html"
-    index.write_text(page.render(header(run)), encoding="utf-8")
-    run.trials.to_csv(out / "results.csv", index=False)
-    configurations(run).to_csv(out / "configurations.csv", index=False)
+    atomic_write_text(index, page.render(header(run)))
+    atomic_write(out / "results.csv", lambda temporary: run.trials.to_csv(temporary, index=False))
+    atomic_write(out / "configurations.csv", lambda temporary: configurations(run).to_csv(temporary, index=False))
     if png:
         _write_pngs(page.figures, out / "figures")
     return index
@@ -60,5 +61,6 @@ def _write_pngs(figures: list, folder: Path) -> None:
         try:
             figure.write_image(folder / f"{figure_id}.png", width=1100, height=500)
         except Exception as exc:  # kaleido's errors (no Chrome, a crashed browser) differ between versions
-            log.warning("PNG figures skipped: kaleido failed (%s). To get them: %s.", exc, PNG_HINT)
+            first_line = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            log.warning("PNG figures skipped: kaleido failed (%s). To get them: %s; or pass --no-png.", first_line[:160], PNG_HINT)
             return

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from scaling_lab.files import check_output_folder
 from scaling_lab.report import write_report
-from scaling_lab.study.config import run_dir_for
+from scaling_lab.study.run_folder import checked_run_dir
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -19,6 +20,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    index = write_report(run_dir_for(args.study, args.profile), args.out, png=not args.no_png)
+    if args.out is not None:
+        check_output_folder(args.out, "--out")
+    index = write_report(checked_run_dir(args.study, args.profile), args.out, png=not args.no_png)
     print(index)
     return 0

@@ -29,6 +29,7 @@ from scaling_lab.errors import ScalingLabError
 from scaling_lab.spec import spec_from_dict
 from scaling_lab.study.candidate import CandidateRunner, Outcome, cost_counts
 from scaling_lab.study.config import Group, StudyConfig
+from scaling_lab.study.ray_output import quiet_ray
 from scaling_lab.study.session import StudySession, check_rejections, store_record
 from scaling_lab.study.storage import Heartbeat
 
@@ -212,6 +213,7 @@ def run_ray(session: StudySession, address: str | None) -> None:
     # Rejected and failed trials report no objective metric; the record says what happened.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     started_here = not ray.is_initialized()
+    quiet_ray()
     if started_here:
         try:
             ray.init(address=address, log_to_driver=False) if address else ray.init(num_cpus=os.cpu_count(), log_to_driver=False)

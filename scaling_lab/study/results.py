@@ -12,20 +12,23 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from scaling_lab.files import atomic_write
 from scaling_lab.study.config import CLASSIFICATION_METRICS, DETECTION_METRICS, StudyConfig
 
 STATES = ("complete", "pruned", "failed", "rejected", "running")
 COST_COLUMNS = ("params", "flops", "flops_elementwise", "activations", "latency_ms", "flops_ratio")
+# ``study.json``'s content is kept in the database too (a study user attribute), so that a lost or
+# damaged ``study.json`` is rebuilt without the study file (``scaling_lab.study.run_folder``).
+INFO_ATTR = "run_folder_info"
 LIBRARIES = ("scaling-lab", "torch", "optuna", "ray", "fvcore", "pandas", "pyarrow", "numpy")
 
 
@@ -115,29 +118,16 @@ def results_frame(trials: list[FrozenTrial], task_kind: str) -> pd.DataFrame:
     return frame.sort_values("trial_id").reset_index(drop=True) if not frame.empty else frame
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; the table is for everyone
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
 def write_json(path: Path, data: dict[str, Any]) -> None:
     def dump(temporary: str) -> None:
         Path(temporary).write_text(json.dumps(data, indent=2, default=str) + "\n")
 
-    _atomic_write(path, dump)
+    atomic_write(path, dump)
 
 
 def write_table(run_dir: Path, frame: pd.DataFrame) -> None:
-    _atomic_write(run_dir / "results.parquet", lambda temporary: frame.to_parquet(temporary, index=False))
-    _atomic_write(run_dir / "results.csv", lambda temporary: frame.to_csv(temporary, index=False))
+    atomic_write(run_dir / "results.parquet", lambda temporary: frame.to_parquet(temporary, index=False))
+    atomic_write(run_dir / "results.csv", lambda temporary: frame.to_csv(temporary, index=False))
 
 
 def library_versions() -> dict[str, str]:
@@ -190,8 +180,10 @@ def study_info(config: StudyConfig, study: optuna.Study, planned_trials: int, fi
     }
 
 
-def write_run_folder(run_dir: Path, frame: pd.DataFrame, info: dict[str, Any]) -> None:
-    """Rewrite the derived files of a run folder (the table and ``study.json``) from the storage."""
+def write_run_folder(study: optuna.Study, run_dir: Path, frame: pd.DataFrame, info: dict[str, Any]) -> None:
+    """Rewrite the derived files of a run folder (the table and ``study.json``) from the storage,
+    which keeps ``study.json``'s content too, so that it can be rebuilt without the study file."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_table(run_dir, frame)
+    study.set_user_attr(INFO_ATTR, json.loads(json.dumps(info, default=str)))
     write_json(run_dir / "study.json", info)

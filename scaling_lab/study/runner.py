@@ -100,8 +100,7 @@ def run_study(
     backend = backend or config.backend
     if address and backend != "ray":
         raise ScalingLabError(f"--address {address!r} attaches to a Ray cluster; it needs --backend ray")
-    if trial_function is None:
-        config = with_data_classes(config)
+    config = with_data_classes(config)
     previous_verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # progress lines say what happened to each trial
     session = StudySession(config, trial_function, out)

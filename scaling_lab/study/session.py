@@ -357,7 +357,7 @@ class StudySession:
         frame = self.table()
         info = results.study_info(self.config, self.study, self.planned_total, finished)
         info.update(definition=self.definition, definition_hash=definition_hash(self.definition), seeds=list(self.config.seeds), base_costs=self.base_costs)
-        results.write_run_folder(self.config.run_dir, frame, info)
+        results.write_run_folder(self.study, self.config.run_dir, frame, info)
         if self.out is not None:
             print(progress_line(frame, self.planned_total, self.config), file=self.out, flush=True)
         return frame

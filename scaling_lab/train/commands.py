@@ -13,8 +13,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from scaling_lab.files import check_output_folder
+from scaling_lab.ranges import BUDGET_RANGES, SEED_RANGE, TASK_RANGES, flag
 from scaling_lab.spec import load_spec
-from scaling_lab.trial import Budget, Task
+from scaling_lab.trial import BAD_DATA, Budget, Task
 
 
 def _json_safe(value: Any) -> Any:
@@ -40,15 +42,19 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         default="synthetic",
         help="'synthetic' (generated shapes) or a folder with train/ and val/ splits (default: synthetic)",
     )
-    parser.add_argument("--epochs", type=int, default=Budget.epochs, help=f"training epochs (default: {Budget.epochs})")
-    parser.add_argument("--batch-size", type=int, default=Task.batch_size, help=f"batch size (default: {Task.batch_size})")
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default for sgd: 0.08 x batch size / 64, the official rate scaled linearly)")
+    parser.add_argument("--epochs", type=flag(BUDGET_RANGES["epochs"]), default=Budget.epochs, help=f"training epochs (default: {Budget.epochs})")
+    parser.add_argument("--batch-size", type=flag(TASK_RANGES["batch_size"]), default=Task.batch_size, help=f"batch size (default: {Task.batch_size})")
+    parser.add_argument("--lr", type=flag(TASK_RANGES["lr"]), default=None, help="peak learning rate (default for sgd: 0.08 x batch size / 64, the official rate scaled linearly)")
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=Task.optimizer, help=f"(default: {Task.optimizer})")
-    parser.add_argument("--max-train-images", type=int, default=None, help="train on at most this many images")
-    parser.add_argument("--max-val-images", type=int, default=None, help="validate on at most this many images")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--max-train-images", type=flag(BUDGET_RANGES["max_train_images"]), default=None, help="train on at most this many images")
+    parser.add_argument("--max-val-images", type=flag(BUDGET_RANGES["max_val_images"]), default=None, help="validate on at most this many images")
+    parser.add_argument("--seed", type=flag(SEED_RANGE), default=0, help="random seed (default: 0)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--checkpoint-dir", type=Path, default=None, help="save a checkpoint every epoch here and resume from it")
+    parser.add_argument(
+        "--bad-data", choices=BAD_DATA, default=Task.bad_data,
+        help="unusable images and annotations: an error naming them (default), or skip them and count them in the notes",
+    )
     parser.add_argument("--no-latency", action="store_true", help="skip timing the model")
     parser.add_argument("--json", action="store_true", help="print the whole trial result as one JSON object")
     parser.set_defaults(func=run_train_command)
@@ -59,6 +65,8 @@ def run_train_command(args: argparse.Namespace) -> int:
     from scaling_lab.train.trainer import run_trial
 
     spec = load_spec(args.spec, args.overrides)
+    if args.checkpoint_dir is not None:
+        check_output_folder(args.checkpoint_dir, "--checkpoint-dir")
     task = Task(
         kind="detection" if isinstance(spec, DetectorSpec) else "classification",
         data=args.data,
@@ -66,6 +74,7 @@ def run_train_command(args: argparse.Namespace) -> int:
         lr=args.lr,
         optimizer=args.optimizer,
         latency=not args.no_latency,
+        bad_data=args.bad_data,
     )
     budget = Budget(epochs=args.epochs, max_train_images=args.max_train_images, max_val_images=args.max_val_images)
     result = run_trial(spec, task, budget, seed=args.seed, checkpoint_dir=args.checkpoint_dir, device=args.device, progress=True)

@@ -20,11 +20,9 @@ import hashlib
 import json
 import logging
 import math
-import os
 import platform
 import random
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +35,7 @@ from torch import nn
 from tqdm import tqdm
 
 from scaling_lab.errors import ScalingLabError
+from scaling_lab.files import atomic_write
 from scaling_lab.measure import library_versions, measure, measure_latency, resolve_device
 from scaling_lab.models import build_model
 from scaling_lab.spec import BackboneSpec, DetectorSpec, Spec
@@ -59,10 +58,24 @@ MAX_BN_MOMENTUM = 0.1
 # The loss is checked for NaN/inf every this many steps (and at each epoch end) rather than at
 # every step, which would stop the GPU once per step to read it.
 LOSS_CHECK_INTERVAL = 20
+# A trial has diverged when its mean training loss (at those checks) is NaN or infinite, or more
+# than DIVERGENCE_FACTOR times the loss of its first step (the model as initialised). Healthy
+# training lowers the loss; a learning rate far too high (``--lr 1e6``) multiplies it by 1e10 or
+# more within an epoch, while noise between batches stays within a factor of a few.
+DIVERGENCE_FACTOR = 1e3
 
 
 class TrainingDiverged(ScalingLabError):
-    """The loss became NaN or infinite; a study records the trial as failed."""
+    """The loss became NaN, infinite or exploded (``divergence``); a study records the trial as failed."""
+
+
+def divergence(mean_loss: float, initial_loss: float | None) -> str | None:
+    """Why a loss means the trial diverged (see ``DIVERGENCE_FACTOR``), or None."""
+    if not math.isfinite(mean_loss):
+        return f"the loss became {mean_loss}"
+    if initial_loss is not None and initial_loss > 0 and mean_loss > DIVERGENCE_FACTOR * initial_loss:
+        return f"the loss reached {mean_loss:.4g}, over {DIVERGENCE_FACTOR:g} times its first step's {initial_loss:.4g}"
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,6 +119,19 @@ def limit_images(dataset, count: int | None):
     return ImageSubset(dataset, np.linspace(0, len(dataset) - 1, count).round().astype(int).tolist())
 
 
+def skipped_data_notes(train_set: Any, val_set: Any) -> list[str]:
+    """The trial's data summary of what ``task.bad_data: skip`` left out, one note per split."""
+    notes = []
+    for split, dataset in (("train", train_set), ("val", val_set)):
+        images, annotations = getattr(dataset, "images_skipped", 0), getattr(dataset, "annotations_skipped", 0)
+        stats = getattr(dataset, "stats", None)
+        if stats is not None:
+            images, annotations = stats.images_skipped, stats.annotations_skipped + stats.degenerate_dropped
+        if images or annotations:
+            notes.append(f"{split} data: skipped {images} unusable image(s) and {annotations} unusable annotation(s) (task bad_data: skip)")
+    return notes
+
+
 def _check_path(path: Path, what: str, hint: str) -> Path:
     if not path.exists():
         raise ScalingLabError(f"{what} {path} does not exist; {hint}")
@@ -126,7 +152,9 @@ def load_datasets(task: Task) -> tuple[Any, Any]:
     layout = "expected train/ and val/ folders, or 'synthetic'"
     _check_path(root, "task data folder", layout)
     if task.kind == "classification":
-        train, val = (ImageFolderClassification(_check_path(root / split, "classification split", layout)) for split in ("train", "val"))
+        train, val = (
+            ImageFolderClassification(_check_path(root / split, "classification split", layout), bad_data=task.bad_data) for split in ("train", "val")
+        )
         if train.class_names != val.class_names:
             raise ScalingLabError(
                 f"the train and val folders of {root} hold different classes ({train.class_names} vs {val.class_names}); "
@@ -138,7 +166,8 @@ def load_datasets(task: Task) -> tuple[Any, Any]:
         images = getattr(task, f"{split}_images") or root / split / "images"
         annotations = getattr(task, f"{split}_annotations") or root / split / "annotations.json"
         hint = f"set task {split}_images/{split}_annotations or use the layout <data>/{split}/images + <data>/{split}/annotations.json"
-        datasets.append(CocoDetection(_check_path(Path(images), "images folder", hint), _check_path(Path(annotations), "annotation file", hint)))
+        images, annotations = _check_path(Path(images), "images folder", hint), _check_path(Path(annotations), "annotation file", hint)
+        datasets.append(CocoDetection(images, annotations, bad_data=task.bad_data))
     train, val = datasets
     if train.label_to_category_id != val.label_to_category_id:
         raise ScalingLabError(
@@ -276,6 +305,7 @@ class _Progress:
     epoch: int = 0  # epochs completed
     curve: list[dict[str, float]] = field(default_factory=list)
     wall_time_s: float = 0.0
+    initial_loss: float | None = None  # the first step's, the reference of ``divergence``
 
 
 def _adapt_spec(spec: Spec, task: Task, dataset_classes: int, notes: list[str]) -> Spec:
@@ -305,9 +335,7 @@ def _fingerprint(spec: Spec, task: Task, budget: Budget, seed: int) -> str:
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as handle:
-        torch.save(state, handle)
-    os.replace(handle.name, path)
+    atomic_write(path, lambda temporary: torch.save(state, temporary))
 
 
 def _load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
@@ -365,6 +393,7 @@ def run_trial(
     started = time.perf_counter()
     notes: list[str] = []
     train_set, val_set = load_datasets(task)
+    notes += skipped_data_notes(train_set, val_set)
     train_spec = _adapt_spec(spec, task, train_set.num_classes, notes)
     train_set, val_set = limit_images(train_set, budget.max_train_images), limit_images(val_set, budget.max_val_images)
 
@@ -404,7 +433,7 @@ def run_trial(
         if average is not None:
             average.load_state_dict(saved["ema"])
         _set_rng_state(saved["rng"])
-        state = _Progress(**{name: saved[name] for name in ("epoch", "curve", "wall_time_s")})
+        state = _Progress(**{name: saved[name] for name in ("epoch", "curve", "wall_time_s")}, initial_loss=saved.get("initial_loss"))
         notes.append(f"resumed from {checkpoint} after epoch {state.epoch}")
     previous_wall_time = state.wall_time_s
 
@@ -434,11 +463,14 @@ def run_trial(
                 if average is not None:
                     average.update()
                 loss_sum += loss.detach()
+                if state.initial_loss is None:
+                    state.initial_loss = loss.item()
                 if step % LOSS_CHECK_INTERVAL == 0 or step == steps_per_epoch:
                     mean_loss = loss_sum.item() / step
-                    if not math.isfinite(mean_loss):
+                    reason = divergence(mean_loss, state.initial_loss)
+                    if reason:
                         raise TrainingDiverged(
-                            f"training diverged: the loss became {mean_loss} in epoch {epoch + 1} (by step {step}) "
+                            f"training diverged: {reason} in epoch {epoch + 1} (by step {step}) "
                             f"of spec {spec.spec_hash} with lr {task.peak_lr}; lower task lr or set grad_clip"
                         )
                     bar.set_postfix(epoch=epoch + 1, loss=f"{mean_loss:.4f}")

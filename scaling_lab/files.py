@@ -1,0 +1,52 @@
+"""Writing files so that a reader never sees half of one: every file of a run folder, report,
+checkpoint and cache goes through ``atomic_write`` (a temporary file in the same folder, then a
+rename, which is atomic on POSIX file systems)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from scaling_lab.errors import ScalingLabError
+
+
+def atomic_write(path: Path, write: Callable[[str], None], mode: int = 0o644) -> None:
+    """Call ``write(temporary_path)`` and rename the result over ``path``; on any error the old
+    file (if any) is left as it was and the temporary file is removed."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.chmod(temporary, mode)  # mkstemp makes it private; these files are for everyone
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
+
+
+def check_output_folder(path: Path, what: str) -> Path:
+    """Raise ``ScalingLabError`` unless ``path`` is (or can be created as) a folder this process
+    can write, checked by writing a probe file (permission bits alone mislead root and read-only
+    mounts). Nothing is created. ``what`` names where the path came from (``--run-dir``)."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ScalingLabError(f"{what} {path}: is a file, not a folder; give a folder (it is created when missing)")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ScalingLabError(f"{what} {path}: {existing} is a file, so the folder cannot be created there; give another folder")
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".scaling-lab-write-check-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ScalingLabError(f"{what} {path}: cannot be written ({exc.strerror or exc}); give a folder you can write") from None
+    return path
