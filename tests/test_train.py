@@ -98,12 +98,14 @@ def test_matching_thresholds_and_force_match():
     gt_labels = torch.tensor([[2, 1, 0, -1]])
     forced = match_anchors(anchors, gt_boxes, gt_labels)
     assert forced.classes.tolist() == [[2, 1, 0, NEGATIVE]]  # every box claims its best anchor
-    plain = match_anchors(anchors, gt_boxes, gt_labels, force_match=False)
+    plain = match_anchors(anchors, gt_boxes, gt_labels, force_match=False)  # the official 0.5 / 0.5: no ignored band
+    assert plain.classes.tolist() == [[2, NEGATIVE, NEGATIVE, NEGATIVE]]
+    plain = match_anchors(anchors, gt_boxes, gt_labels, negative_iou=0.4, force_match=False)  # RetinaNet's band
     assert plain.classes.tolist() == [[2, IGNORED, NEGATIVE, NEGATIVE]]
     assert plain.boxes[0, 1:].abs().sum() == 0 and plain.boxes[0, 0].abs().sum() > 0
 
 
-def reference_match(anchors, gt_boxes, gt_labels, positive_iou=0.5, negative_iou=0.4):
+def reference_match(anchors, gt_boxes, gt_labels, positive_iou=0.5, negative_iou=0.5):
     """Loop version: per image, per anchor, then per ground truth for the forced matches."""
     result = []
     for boxes, labels in zip(gt_boxes, gt_labels):
@@ -137,6 +139,9 @@ def test_vectorized_matching_equals_a_loop_reference():
     gt_labels[1, 3:] = -1
     gt_labels[2] = -1  # an image without objects
     assert match_anchors(anchors, gt_boxes, gt_labels).classes.tolist() == reference_match(anchors, gt_boxes, gt_labels)
+    with_band = match_anchors(anchors, gt_boxes, gt_labels, negative_iou=0.4).classes
+    assert with_band.tolist() == reference_match(anchors, gt_boxes, gt_labels, negative_iou=0.4)
+    assert (with_band == IGNORED).any()
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,7 +164,7 @@ def test_detection_loss_normalizes_by_positives_and_skips_ignored():
     logits = torch.zeros(1, 3, 2)
     deltas = torch.zeros(1, 3, 4)
     anchors = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 4.5], [50, 50, 60, 60]])  # IoU 1, 0.45, 0 with the box
-    targets = match_anchors(anchors, torch.tensor([[[0.0, 0, 10, 10]]]), torch.tensor([[1]]))
+    targets = match_anchors(anchors, torch.tensor([[[0.0, 0, 10, 10]]]), torch.tensor([[1]]), negative_iou=0.4)
     assert targets.classes.tolist() == [[1, IGNORED, NEGATIVE]]
     loss = detection_loss(logits, deltas, targets)
     positive_terms = 0.25 * 0.5**1.5 * math.log(2) + 0.75 * 0.5**1.5 * math.log(2)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from scaling_lab.train.anchors import box_iou, decode_boxes
 
-PRE_NMS_TOP_K = 1000
+PRE_NMS_TOP_K = 5000  # the official max_detection_points
 NMS_IOU = 0.5
 MAX_DETECTIONS = 100
 MIN_SCORE = 0.001
