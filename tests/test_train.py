@@ -204,6 +204,18 @@ def test_batched_nms_equals_brute_force():
     assert keep.tolist() == [reference_nms(b, s, l, 0.5) for b, s, l in zip(boxes, scores, labels)]
 
 
+def test_nms_that_stops_at_max_kept_keeps_the_same_best_survivors():
+    generator = torch.Generator().manual_seed(1)
+    corners = torch.rand(3, 700, 2, generator=generator) * 40
+    boxes = torch.cat([corners, corners + 5 + torch.rand(3, 700, 2, generator=generator) * 20], -1)
+    scores = torch.rand(3, 700, generator=generator)
+    labels = torch.randint(0, 2, (3, 700), generator=generator)
+    full, partial = batched_nms(boxes, scores, labels), batched_nms(boxes, scores, labels, max_kept=20)
+    assert (partial & ~full).sum() == 0 and (partial.sum(1) >= 20).all() and (partial.sum(1) < full.sum(1)).all()
+    best = lambda keep: torch.where(keep, scores, -1.0).topk(20, dim=1).indices.sort(dim=1).values
+    assert torch.equal(best(full), best(partial))
+
+
 def test_postprocess_caps_detections_and_maps_classes():
     anchors = generate_anchors(64, 3, 4)
     logits = torch.full((2, anchors.shape[0], 3), -20.0)
