@@ -159,9 +159,15 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def time_latency(spec: Spec, batch_size: int = 8, device: str | None = None, dtype: str = "float32", warmup: int = 3, runs: int = 10) -> Latency:
-    """Median forward latency after warm-up, at batch 1 and at ``batch_size``, in eval mode."""
+    """Median forward latency after warm-up, at batch 1 and at ``batch_size``, in eval mode; with
+    the spec's ``init`` weights loaded where it names them (values can matter on a CPU: denormals)."""
     device = str(resolve_device(device))
-    model = build_model(spec).eval().to(device, memory_format=torch.channels_last)
+    model = build_model(spec)
+    if spec.init:
+        from scaling_lab.models.weights import load_init
+
+        load_init(model, spec.init)
+    model = model.eval().to(device, memory_format=torch.channels_last)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
     def median_ms(batch: int) -> float:

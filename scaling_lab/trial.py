@@ -55,7 +55,16 @@ class Task:
     in float32 unless ``bf16_cpu``. ``augment`` turns on the loader's flip and scale jitter.
     ``adapt_num_classes``: a spec whose ``num_classes`` differs from the dataset's is trained
     with the dataset's (and the trial says so in its notes) instead of being an error.
-    ``latency`` times the model at batch 1 on the trial's device.
+    ``latency`` times the model at batch 1 on the trial's device. ``labels`` numbers a COCO-format
+    dataset's classes: ``contiguous`` (0..K-1) or ``category_ids`` (category id - 1: COCO's 90
+    classes, as the official and effdet COCO weights have them).
+
+    Pretrained weights: ``init`` (over the spec's own ``init``) is a checkpoint of ours, a timm
+    EfficientNet or effdet EfficientDet state dict file, or a timm/effdet model name (see
+    ``models.weights``); a classifier's weights fill a detector's backbone. ``freeze_backbone``
+    trains everything but the backbone (its batch norms keep their statistics);
+    ``freeze_backbone_bn`` keeps only the backbone's batch norms fixed; ``backbone_lr_scale``
+    multiplies the backbone's learning rate.
     """
 
     kind: str = "detection"
@@ -79,6 +88,11 @@ class Task:
     augment: bool = True
     adapt_num_classes: bool = True
     latency: bool = True
+    labels: str = "contiguous"
+    init: str | None = None
+    freeze_backbone: bool = False
+    freeze_backbone_bn: bool = False
+    backbone_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in TASK_KINDS:
@@ -94,6 +108,8 @@ class Task:
                 f"task weight_decay {self.weight_decay}, warmup_epochs {self.warmup_epochs} and grad_clip "
                 f"{self.grad_clip} must be at least 0"
             )
+        if self.backbone_lr_scale < 0:
+            raise ScalingLabError(f"task backbone_lr_scale {self.backbone_lr_scale} must be at least 0 (1 = the task's lr)")
         if not 0 <= self.ema < 1:
             raise ScalingLabError(f"task ema {self.ema} must be in [0, 1) (0 = off; the official decay is 0.9998)")
 

@@ -204,12 +204,13 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str 
     updated, fresh = {}, []
     for key, expected in ours.items():
         name = names[key]
+        alias = f" ({name!r} in the reference layout)" if name != key else ""
         if name not in state:
             if key.endswith("num_batches_tracked"):
                 continue
             raise WeightsError(
-                f"{source} does not fit the spec: tensor {key!r} (expected {name!r} in the {layout} layout, shape "
-                f"{list(expected.shape)}) is missing from it"
+                f"{source} does not fit the spec: the first tensor that differs is {key!r}{alias}, shape {list(expected.shape)}, "
+                "missing from it"
             )
         value = state[name]
         if tuple(value.shape) != tuple(expected.shape):
@@ -217,7 +218,7 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str 
                 fresh.append(key)
                 continue
             raise WeightsError(
-                f"{source} does not fit the spec: the first tensor that differs is {key!r} ({name!r} in the {layout} layout): "
+                f"{source} does not fit the spec: the first tensor that differs is {key!r}{alias}: "
                 f"the checkpoint has shape {list(value.shape)}, the spec's model {list(expected.shape)}"
             )
         updated[key] = value
