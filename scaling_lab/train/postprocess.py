@@ -19,7 +19,7 @@ from scaling_lab.train.anchors import box_iou, decode_boxes
 PRE_NMS_TOP_K = 5000  # the official max_detection_points
 NMS_IOU = 0.5
 MAX_DETECTIONS = 100
-MIN_SCORE = 0.001
+MIN_SCORE = 0.0  # the reference keeps any score; a positive floor drops candidates before NMS
 NMS_BLOCK = 128  # candidates settled per step of batched_nms
 
 
