@@ -381,3 +381,27 @@ def test_small_detector_overfits_sixteen_images():
     )
     result = run_trial(spec, task, Budget(epochs=60, eval_every=60))
     assert result.metrics["AP50"] >= 0.9, result.curve
+
+
+def test_anchor_pairs_scale_the_sides_and_plain_ratios_keep_the_area():
+    pairs = generate_anchors(128, 3, 3, num_scales=1, aspect_ratios=((1.0, 1.0), (1.4, 0.7)))
+    ratios = generate_anchors(128, 3, 3, num_scales=1, aspect_ratios=(2.0,))
+    width, height = pairs[1, 2] - pairs[1, 0], pairs[1, 3] - pairs[1, 1]
+    assert (width.item(), height.item()) == pytest.approx((32 * 1.4, 32 * 0.7))  # anchor_scale 4 x stride 8
+    width, height = ratios[0, 2] - ratios[0, 0], ratios[0, 3] - ratios[0, 1]
+    assert (width.item(), height.item()) == pytest.approx((32 * math.sqrt(2), 32 / math.sqrt(2)))
+    assert torch.allclose((pairs[0, :2] + pairs[0, 2:]) / 2, torch.tensor([4.0, 4.0]))
+
+
+def test_box_loss_skips_coordinates_whose_target_is_zero():
+    anchors = torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60]])
+    targets = match_anchors(anchors, torch.tensor([[[0.0, 0, 10, 12]]]), torch.tensor([[0]]))  # same centre x and width
+    assert targets.boxes[0, 0, 1] == 0 and targets.boxes[0, 0, 3] == 0 and targets.boxes[0, 0, 0] != 0
+    deltas = torch.ones(1, 2, 4)
+    loss = detection_loss(torch.zeros(1, 2, 1), deltas, targets)
+    counted = huber = 0.0
+    for j in (0, 2):  # only ty and th have non-zero targets
+        error = abs(1.0 - targets.boxes[0, 0, j].item())
+        huber += 0.5 * error**2 if error <= 0.1 else 0.1 * (error - 0.05)
+        counted += 1
+    assert loss.boxes.item() == pytest.approx(huber / (4 * 2), rel=1e-5) and counted == 2
