@@ -80,9 +80,13 @@ class _SpecBase:
     kind: typing.ClassVar[str]
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec's fields; an unset optional field (``init: None``) is left out, so that it
+        adds nothing to the hash or to a results table of specs without it."""
         out: dict[str, Any] = {"kind": self.kind}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if value is None:
+                continue
             if isinstance(value, _SpecBase):
                 value = value.to_dict()
             elif isinstance(value, tuple):
