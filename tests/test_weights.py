@@ -205,3 +205,12 @@ def test_measure_with_init_checks_the_weights_fit(tmp_path, capsys):
     assert main(["measure", str(spec_file), "--init", str(path), "--latency", "--batch-size", "1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["spec"]["init"] == str(path) and out["latency"]["batch1_ms"] > 0
+
+
+def test_effdet_layout_weights_in_a_spec_off_the_reference_recipe_say_so():
+    reference = to_reference(build_model(TINY_DETECTOR))
+    assert "warning" not in load_state(build_model(TINY_DETECTOR), reference).note()
+    other = TINY_DETECTOR.replace(padding="symmetric", aspect_ratios=[1.0, 2.0, 0.5])
+    note = load_state(build_model(other), reference, "tf_efficientdet_d0.pth").note()
+    assert "warning: effdet's tf_ weights were trained with padding 'same'" in note
+    assert "this spec has padding 'symmetric' and aspect_ratios [1.0, 2.0, 0.5]" in note

@@ -27,6 +27,7 @@ from torch import nn
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.models.backbone import EfficientNet
 from scaling_lab.models.detector import CLASS_PRIOR, EfficientDet
+from scaling_lab.spec import REFERENCE_ASPECT_RATIOS
 
 WEIGHTS_FORMAT = "scaling-lab-weights-1"
 # Model names that timm (classifiers) and effdet (detectors) resolve and download.
@@ -145,12 +146,32 @@ class LoadReport:
     layout: str  # "ours" or "reference"
     part: str  # "all" or "backbone"
     reinitialized: list[str] = field(default_factory=list)
+    warning: str = ""
 
     def note(self) -> str:
         text = f"initialized {'the backbone' if self.part == 'backbone' else 'all weights'} from {self.source} ({self.layout} layout)"
         if self.reinitialized:
             text += f"; {', '.join(self.reinitialized)} re-initialized for the new class count"
+        if self.warning:
+            text += f"; warning: {self.warning}"
         return text
+
+
+def _reference_recipe_warning(model: nn.Module) -> str:
+    """Where a detector given effdet-layout weights departs from what effdet's ``tf_`` weights
+    (the published TensorFlow ports) were trained with."""
+    spec = model.spec
+    departures = []
+    if spec.padding != "same":
+        departures.append(f"padding {spec.padding!r}")
+    if spec.aspect_ratios != REFERENCE_ASPECT_RATIOS:
+        departures.append(f"aspect_ratios {spec.to_dict()['aspect_ratios']}")
+    if not departures:
+        return ""
+    return (
+        f"effdet's tf_ weights were trained with padding 'same' and aspect_ratios {[list(pair) for pair in REFERENCE_ASPECT_RATIOS]}; "
+        f"this spec has {' and '.join(departures)}"
+    )
 
 
 def class_layer(model: nn.Module) -> str:
@@ -236,7 +257,10 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str 
             ours[key].copy_(value)
     if fresh:
         reset_class_layer(model)
-    return LoadReport(source=source, layout=layout, part=part, reinitialized=sorted({key.rpartition(".")[0] for key in fresh}))
+    warning = _reference_recipe_warning(model) if layout == "reference" and part == "all" and detector else ""
+    return LoadReport(
+        source=source, layout=layout, part=part, reinitialized=sorted({key.rpartition(".")[0] for key in fresh}), warning=warning
+    )
 
 
 def save_weights(model: nn.Module, path: str | Path, spec: Any = None) -> Path:
