@@ -220,10 +220,12 @@ def test_postprocess_caps_detections_and_maps_classes():
     anchors = generate_anchors(64, 3, 4)
     logits = torch.full((2, anchors.shape[0], 3), -20.0)
     logits[0, 5, 2] = 3.0
-    detections = postprocess(logits, torch.zeros(2, anchors.shape[0], 4), anchors, max_detections=10)
+    detections = postprocess(logits, torch.zeros(2, anchors.shape[0], 4), anchors, max_detections=10, min_score=0.001)
     assert detections.boxes.shape == (2, 10, 4)
     assert detections.valid.sum(1).tolist() == [1, 0]
     assert detections.labels[0, 0].item() == 2 and torch.allclose(detections.boxes[0, 0], anchors[5])
+    reference = postprocess(logits, torch.zeros(2, anchors.shape[0], 4), anchors, max_detections=10)  # no score floor
+    assert reference.valid.sum(1).tolist() == [10, 10] and reference.labels[0, 0].item() == 2
 
 
 def test_topk_correct():
