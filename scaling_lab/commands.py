@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from scaling_lab.measure import Measurement, measure
@@ -24,6 +25,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     counts.add_argument("--latency", action="store_true", help="also time the forward pass (batch 1 and --batch-size)")
     counts.add_argument("--batch-size", type=flag(POSITIVE_INT), default=8, help="batch size of the second latency figure (default 8)")
     counts.add_argument("--device", default=None, help="device for latency (default: cuda if available, else cpu)")
+    counts.add_argument(
+        "--init", default=None, metavar="WEIGHTS", help="time the model with these weights (a checkpoint, a timm/effdet state dict file or model name)"
+    )
     counts.add_argument("--no-cache", action="store_true", help="measure again instead of reading the cache")
     counts.add_argument("--json", action="store_true", help="print one JSON object")
     counts.set_defaults(func=measure_command)
@@ -75,6 +79,13 @@ def _human(value: float) -> str:
 
 def measure_command(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.overrides)
+    if args.init:
+        spec = spec.replace(init=args.init)
+    if spec.init:  # a misfit is an error before anything is measured; latency runs with these weights
+        from scaling_lab.models import build_model
+        from scaling_lab.models.weights import load_init
+
+        print(f"weights: {load_init(build_model(spec), spec.init).note()}", file=sys.stderr)
     result: Measurement = measure(spec, latency=args.latency, batch_size=args.batch_size, device=args.device, use_cache=not args.no_cache)
     if args.json:
         print(json.dumps({**result.to_dict(), "spec": spec.to_dict()}))

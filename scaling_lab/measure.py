@@ -288,7 +288,12 @@ def time_latency(spec: Spec, batch_size: int = 8, device: str | None = None, dty
     device = str(resolve_device(device))
     if dtype not in DTYPES:
         raise ScalingLabError(f"latency dtype {dtype!r} is not valid; valid dtypes are {', '.join(DTYPES)}")
-    model = build_model(spec).eval().to(device, memory_format=torch.channels_last)
+    model = build_model(spec)
+    if spec.init:  # the spec's weights: values can matter on a CPU (denormals)
+        from scaling_lab.models.weights import load_init
+
+        load_init(model, spec.init)
+    model = model.eval().to(device, memory_format=torch.channels_last)
 
     def timing(batch: int) -> Timing:
         images = torch.randn(batch, 3, spec.resolution, spec.resolution, device=device).to(memory_format=torch.channels_last)

@@ -54,6 +54,7 @@ TASK_RANGES: Mapping[str, Range] = {
     "warmup_epochs": Range(0),
     "grad_clip": Range(0),  # 0 = off
     "ema": Range(0, 1, high_open=True),  # 0 = off; the official decay is 0.9998
+    "backbone_lr_scale": Range(0),  # 1 = the task's lr; 0 = a frozen backbone's updates
 }
 BUDGET_RANGES: Mapping[str, Range] = {
     "epochs": POSITIVE_INT,

@@ -29,6 +29,11 @@ from scaling_lab.graphs import feature_graph
 ACTIVATIONS = ("swish", "relu", "relu6", "hard_swish", "gelu")
 FUSIONS = ("sum", "weighted", "softmax", "fast")
 FUSION_WEIGHTS = ("scalar", "channel")
+PADDINGS = ("same", "symmetric")
+# The anchors of the official EfficientDet (and effdet's ports of its weights): (x, y) scale pairs.
+REFERENCE_ASPECT_RATIOS = ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4))
+# An aspect ratio is a number r = width / height (x = sqrt(r), y = 1 / sqrt(r)) or an (x, y) pair.
+AspectRatio = Union[float, tuple[float, float]]
 
 B0_STAGES = (
     "mb_r1_k3_s1_e1_c16",
@@ -77,13 +82,17 @@ class _SpecBase:
     kind: typing.ClassVar[str]
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec's fields; an unset optional field (``init: None``) is left out, so that it
+        adds nothing to the hash or to a results table of specs without it."""
         out: dict[str, Any] = {"kind": self.kind}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if value is None:
+                continue
             if isinstance(value, _SpecBase):
                 value = value.to_dict()
             elif isinstance(value, tuple):
-                value = list(value)
+                value = [list(item) if isinstance(item, tuple) else item for item in value]
             out[f.name] = value
         return out
 
@@ -142,6 +151,17 @@ def coerce_field(where: str, value: Any, hint: Any) -> Any:
         if value is None:
             return None
         hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    if typing.get_origin(hint) in (Union, types.UnionType):  # the first alternative that fits
+        for alternative in typing.get_args(hint):
+            try:
+                return coerce_field(where, value, alternative)
+            except SpecError:
+                continue
+        names = " or ".join(
+            f"a list of {len(typing.get_args(arg))}" if typing.get_origin(arg) is tuple else {float: "a number", int: "an integer", str: "a string"}.get(arg, str(arg))
+            for arg in typing.get_args(hint)
+        )
+        raise SpecError(f"{where}: expected {names}, got {value!r}")
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -166,8 +186,12 @@ def coerce_field(where: str, value: Any, hint: Any) -> Any:
     if typing.get_origin(hint) is tuple:
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
             raise SpecError(f"{where}: expected a list, got {value!r}")
-        item_hint = typing.get_args(hint)[0]
-        return tuple(coerce_field(f"{where}[{i}]", item, item_hint) for i, item in enumerate(value))
+        args = typing.get_args(hint)
+        if len(args) != 2 or args[1] is not Ellipsis:  # a fixed-length tuple such as (x, y)
+            if len(value) != len(args):
+                raise SpecError(f"{where}: expected a list of {len(args)} items, got {value!r}")
+            return tuple(coerce_field(f"{where}[{i}]", item, arg) for i, (item, arg) in enumerate(zip(value, args)))
+        return tuple(coerce_field(f"{where}[{i}]", item, args[0]) for i, item in enumerate(value))
     if hint is BackboneSpec:
         if isinstance(value, BackboneSpec):
             return value
@@ -212,6 +236,8 @@ class BackboneSpec(_SpecBase):
     drop_connect: float = 0.2
     activation: str = "swish"
     num_classes: int = 1000
+    padding: str = "same"
+    init: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.width > 0, f"width {self.width} must be positive")
@@ -225,6 +251,7 @@ class BackboneSpec(_SpecBase):
         _check(0 <= self.drop_connect < 1, f"drop_connect {self.drop_connect} must be in [0, 1)")
         _check_choice("activation", self.activation, ACTIVATIONS)
         _check(self.num_classes >= 1, f"num_classes {self.num_classes} must be at least 1")
+        _check_choice("padding", self.padding, PADDINGS)
 
     @property
     def parsed_stages(self) -> tuple[Stage, ...]:
@@ -264,13 +291,15 @@ class DetectorSpec(_SpecBase):
     separable: bool = True
     anchor_scale: float = 4.0
     num_scales: int = 3
-    aspect_ratios: tuple[float, ...] = (1.0, 2.0, 0.5)
+    aspect_ratios: tuple[AspectRatio, ...] = REFERENCE_ASPECT_RATIOS
     num_classes: int = 90
     activation: str = "swish"
+    padding: str = "same"
+    init: str | None = None
 
     def __post_init__(self) -> None:
-        if self.backbone.resolution != self.resolution:
-            object.__setattr__(self, "backbone", dataclasses.replace(self.backbone, resolution=self.resolution))
+        if (self.backbone.resolution, self.backbone.padding) != (self.resolution, self.padding):
+            object.__setattr__(self, "backbone", dataclasses.replace(self.backbone, resolution=self.resolution, padding=self.padding))
         backbone_levels = self.backbone.feature_levels
         lowest, highest = min(backbone_levels), max(backbone_levels)
         _check(
@@ -293,9 +322,11 @@ class DetectorSpec(_SpecBase):
         _check(self.anchor_scale > 0, f"anchor_scale {self.anchor_scale} must be positive")
         _check(self.num_scales >= 1, f"num_scales {self.num_scales} must be at least 1")
         _check(
-            len(self.aspect_ratios) >= 1 and all(r > 0 for r in self.aspect_ratios),
-            f"aspect_ratios {list(self.aspect_ratios)} must be a non-empty list of positive numbers",
+            len(self.aspect_ratios) >= 1 and all(min(_as_tuple(r)) > 0 for r in self.aspect_ratios),
+            f"aspect_ratios {self.to_dict()['aspect_ratios']} must be a non-empty list of positive numbers "
+            "(width / height) or [x, y] pairs of positive scales, e.g. [[1.0, 1.0], [1.4, 0.7], [0.7, 1.4]]",
         )
+        _check_choice("padding", self.padding, PADDINGS)
         _check(self.num_classes >= 1, f"num_classes {self.num_classes} must be at least 1")
         feature_graph(self.feature_network, self.min_level, self.max_level)  # checks the name; NAS-FPN needs 5 levels
 
@@ -306,6 +337,17 @@ class DetectorSpec(_SpecBase):
     @property
     def num_anchors(self) -> int:
         return self.num_scales * len(self.aspect_ratios)
+
+
+def _as_tuple(ratio: AspectRatio) -> tuple[float, ...]:
+    return ratio if isinstance(ratio, tuple) else (ratio,)
+
+
+def aspect_pair(ratio: AspectRatio) -> tuple[float, float]:
+    """An anchor's (x, y) scale: a pair as given; a ratio r = width / height as (√r, 1/√r)."""
+    if isinstance(ratio, tuple):
+        return ratio
+    return math.sqrt(ratio), 1 / math.sqrt(ratio)
 
 
 Spec = Union[BackboneSpec, DetectorSpec]

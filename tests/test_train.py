@@ -99,12 +99,14 @@ def test_matching_thresholds_and_force_match():
     gt_labels = torch.tensor([[2, 1, 0, -1]])
     forced = match_anchors(anchors, gt_boxes, gt_labels)
     assert forced.classes.tolist() == [[2, 1, 0, NEGATIVE]]  # every box claims its best anchor
-    plain = match_anchors(anchors, gt_boxes, gt_labels, force_match=False)
+    plain = match_anchors(anchors, gt_boxes, gt_labels, force_match=False)  # the official 0.5 / 0.5: no ignored band
+    assert plain.classes.tolist() == [[2, NEGATIVE, NEGATIVE, NEGATIVE]]
+    plain = match_anchors(anchors, gt_boxes, gt_labels, negative_iou=0.4, force_match=False)  # RetinaNet's band
     assert plain.classes.tolist() == [[2, IGNORED, NEGATIVE, NEGATIVE]]
     assert plain.boxes[0, 1:].abs().sum() == 0 and plain.boxes[0, 0].abs().sum() > 0
 
 
-def reference_match(anchors, gt_boxes, gt_labels, positive_iou=0.5, negative_iou=0.4):
+def reference_match(anchors, gt_boxes, gt_labels, positive_iou=0.5, negative_iou=0.5):
     """Loop version: per image, per anchor, then per ground truth for the forced matches."""
     result = []
     for boxes, labels in zip(gt_boxes, gt_labels):
@@ -138,6 +140,9 @@ def test_vectorized_matching_equals_a_loop_reference():
     gt_labels[1, 3:] = -1
     gt_labels[2] = -1  # an image without objects
     assert match_anchors(anchors, gt_boxes, gt_labels).classes.tolist() == reference_match(anchors, gt_boxes, gt_labels)
+    with_band = match_anchors(anchors, gt_boxes, gt_labels, negative_iou=0.4).classes
+    assert with_band.tolist() == reference_match(anchors, gt_boxes, gt_labels, negative_iou=0.4)
+    assert (with_band == IGNORED).any()
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,7 +165,7 @@ def test_detection_loss_normalizes_by_positives_and_skips_ignored():
     logits = torch.zeros(1, 3, 2)
     deltas = torch.zeros(1, 3, 4)
     anchors = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 4.5], [50, 50, 60, 60]])  # IoU 1, 0.45, 0 with the box
-    targets = match_anchors(anchors, torch.tensor([[[0.0, 0, 10, 10]]]), torch.tensor([[1]]))
+    targets = match_anchors(anchors, torch.tensor([[[0.0, 0, 10, 10]]]), torch.tensor([[1]]), negative_iou=0.4)
     assert targets.classes.tolist() == [[1, IGNORED, NEGATIVE]]
     loss = detection_loss(logits, deltas, targets)
     positive_terms = 0.25 * 0.5**1.5 * math.log(2) + 0.75 * 0.5**1.5 * math.log(2)
@@ -200,14 +205,28 @@ def test_batched_nms_equals_brute_force():
     assert keep.tolist() == [reference_nms(b, s, l, 0.5) for b, s, l in zip(boxes, scores, labels)]
 
 
+def test_nms_that_stops_at_max_kept_keeps_the_same_best_survivors():
+    generator = torch.Generator().manual_seed(1)
+    corners = torch.rand(3, 700, 2, generator=generator) * 40
+    boxes = torch.cat([corners, corners + 5 + torch.rand(3, 700, 2, generator=generator) * 20], -1)
+    scores = torch.rand(3, 700, generator=generator)
+    labels = torch.randint(0, 2, (3, 700), generator=generator)
+    full, partial = batched_nms(boxes, scores, labels), batched_nms(boxes, scores, labels, max_kept=20)
+    assert (partial & ~full).sum() == 0 and (partial.sum(1) >= 20).all() and (partial.sum(1) < full.sum(1)).all()
+    best = lambda keep: torch.where(keep, scores, -1.0).topk(20, dim=1).indices.sort(dim=1).values
+    assert torch.equal(best(full), best(partial))
+
+
 def test_postprocess_caps_detections_and_maps_classes():
     anchors = generate_anchors(64, 3, 4)
     logits = torch.full((2, anchors.shape[0], 3), -20.0)
     logits[0, 5, 2] = 3.0
-    detections = postprocess(logits, torch.zeros(2, anchors.shape[0], 4), anchors, max_detections=10)
+    detections = postprocess(logits, torch.zeros(2, anchors.shape[0], 4), anchors, max_detections=10, min_score=0.001)
     assert detections.boxes.shape == (2, 10, 4)
     assert detections.valid.sum(1).tolist() == [1, 0]
     assert detections.labels[0, 0].item() == 2 and torch.allclose(detections.boxes[0, 0], anchors[5])
+    reference = postprocess(logits, torch.zeros(2, anchors.shape[0], 4), anchors, max_detections=10)  # no score floor
+    assert reference.valid.sum(1).tolist() == [10, 10] and reference.labels[0, 0].item() == 2
 
 
 def test_topk_correct():
@@ -425,3 +444,27 @@ def test_default_lr_scales_linearly_from_the_official_0_08_at_batch_64():
     with pytest.raises(ScalingLabError, match="task lr: optimizer adamw has no official base rate"):
         Task(optimizer="adamw")
     assert Task(optimizer="adamw", lr=1e-3).peak_lr == 1e-3
+
+
+def test_anchor_pairs_scale_the_sides_and_plain_ratios_keep_the_area():
+    pairs = generate_anchors(128, 3, 3, num_scales=1, aspect_ratios=((1.0, 1.0), (1.4, 0.7)))
+    ratios = generate_anchors(128, 3, 3, num_scales=1, aspect_ratios=(2.0,))
+    width, height = pairs[1, 2] - pairs[1, 0], pairs[1, 3] - pairs[1, 1]
+    assert (width.item(), height.item()) == pytest.approx((32 * 1.4, 32 * 0.7))  # anchor_scale 4 x stride 8
+    width, height = ratios[0, 2] - ratios[0, 0], ratios[0, 3] - ratios[0, 1]
+    assert (width.item(), height.item()) == pytest.approx((32 * math.sqrt(2), 32 / math.sqrt(2)))
+    assert torch.allclose((pairs[0, :2] + pairs[0, 2:]) / 2, torch.tensor([4.0, 4.0]))
+
+
+def test_box_loss_skips_coordinates_whose_target_is_zero():
+    anchors = torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60]])
+    targets = match_anchors(anchors, torch.tensor([[[0.0, 0, 10, 12]]]), torch.tensor([[0]]))  # same centre x and width
+    assert targets.boxes[0, 0, 1] == 0 and targets.boxes[0, 0, 3] == 0 and targets.boxes[0, 0, 0] != 0
+    deltas = torch.ones(1, 2, 4)
+    loss = detection_loss(torch.zeros(1, 2, 1), deltas, targets)
+    counted = huber = 0.0
+    for j in (0, 2):  # only ty and th have non-zero targets
+        error = abs(1.0 - targets.boxes[0, 0, j].item())
+        huber += 0.5 * error**2 if error <= 0.1 else 0.1 * (error - 0.05)
+        counted += 1
+    assert loss.boxes.item() == pytest.approx(huber / (4 * 2), rel=1e-5) and counted == 2

@@ -1,7 +1,9 @@
 """A COCO-format detection dataset: an images folder plus an annotation JSON (COCO 2017 itself
 or any dataset converted to its format), read with pycocotools.
 
-Category ids become contiguous labels 0..K-1 in increasing id order; ``label_to_category_id``
+Category ids become contiguous labels 0..K-1 in increasing id order (``labels="contiguous"``),
+or label = category id - 1 up to the largest id (``labels="category_ids"``: COCO's 90 ids, gaps
+included, the class layout of the official EfficientDet and effdet weights); ``label_to_category_id``
 and ``category_id_to_label`` map both ways so predictions can be written back for COCOeval.
 Crowd boxes are ignored, boxes partly outside the image are clipped, and empty or entirely
 outside boxes are dropped; ``stats`` counts each case. Images without any box are kept (they
@@ -57,6 +59,7 @@ class CocoDetection:
         annotation_file: str | Path,
         memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
         bad_data: str = "error",
+        labels: str = "contiguous",
     ) -> None:
         if bad_data not in BAD_DATA:
             raise ScalingLabError(f"bad_data {bad_data!r} is not valid; valid values are {', '.join(BAD_DATA)}")
@@ -73,9 +76,9 @@ class CocoDetection:
             self.coco.dataset = data
             self.coco.createIndex()
 
-        self.label_to_category_id: list[int] = sorted(self.coco.cats)
+        self.label_to_category_id: list[int] = _label_space(sorted(self.coco.cats), labels, self.annotation_file)
         self.category_id_to_label: dict[int, int] = {cat: label for label, cat in enumerate(self.label_to_category_id)}
-        self.class_names: list[str] = [str(self.coco.cats[cat].get("name", cat)) for cat in self.label_to_category_id]
+        self.class_names: list[str] = [str(self.coco.cats.get(cat, {}).get("name", cat)) for cat in self.label_to_category_id]
         self.image_ids: list[int] = sorted(self.coco.imgs)
         if not self.image_ids:
             raise ScalingLabError(f"annotation file {self.annotation_file} lists no images; a dataset needs at least one")
@@ -166,6 +169,20 @@ class CocoDetection:
             }
             for (x1, y1, x2, y2), score, label in zip(boxes, scores, labels)
         ]
+
+
+LABEL_SPACES = ("contiguous", "category_ids")
+
+
+def _label_space(category_ids: list[int], labels: str, path: Path) -> list[int]:
+    """Label -> category id: the ids in order, or every id from 1 to the largest."""
+    if labels not in LABEL_SPACES:
+        raise ScalingLabError(f"labels {labels!r} is not valid; valid values are {', '.join(LABEL_SPACES)}")
+    if labels == "contiguous" or not category_ids:
+        return category_ids
+    if min(category_ids) < 1:
+        raise ScalingLabError(f"{path}: labels 'category_ids' needs category ids from 1 up; the file has id {min(category_ids)}")
+    return list(range(1, max(category_ids) + 1))
 
 
 def _read_annotation_file(path: Path) -> Any:

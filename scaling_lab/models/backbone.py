@@ -27,11 +27,13 @@ class SqueezeExcite(nn.Module):
 class MBConv(nn.Module):
     """Inverted residual: 1×1 expand -> k×k depthwise -> squeeze-excite -> 1×1 project."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, expand: int, se_ratio: float, act: str, drop_rate: float):
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel: int, stride: int, expand: int, se_ratio: float, act: str, drop_rate: float, padding: str
+    ):
         super().__init__()
         mid = in_channels * expand
         self.expand = ConvBN(in_channels, mid, act=act) if expand != 1 else nn.Identity()
-        self.depthwise = ConvBN(mid, mid, kernel, stride, groups=mid, act=act)
+        self.depthwise = ConvBN(mid, mid, kernel, stride, groups=mid, act=act, padding=padding)
         self.se = SqueezeExcite(mid, max(1, int(in_channels * se_ratio)), act) if se_ratio > 0 else nn.Identity()
         self.project = ConvBN(mid, out_channels)
         self.residual = stride == 1 and in_channels == out_channels
@@ -55,7 +57,7 @@ class EfficientNet(nn.Module):
         super().__init__()
         act = spec.activation
         stem = round_channels(spec.stem_channels, spec.width)
-        self.stem = ConvBN(3, stem, 3, 2, act=act)
+        self.stem = ConvBN(3, stem, 3, 2, act=act, padding=spec.padding)
         stages = spec.parsed_stages
         repeats = [round_repeats(stage.repeats, spec.depth) for stage in stages]
         total_blocks, block_index = sum(repeats), 0
@@ -68,7 +70,9 @@ class EfficientNet(nn.Module):
             for i in range(count):
                 drop_rate = spec.drop_connect * block_index / total_blocks
                 blocks.append(
-                    MBConv(in_channels, out_channels, stage.kernel, stage.stride if i == 0 else 1, stage.expand, spec.se_ratio, act, drop_rate)
+                    MBConv(
+                        in_channels, out_channels, stage.kernel, stage.stride if i == 0 else 1, stage.expand, spec.se_ratio, act, drop_rate, spec.padding
+                    )
                 )
                 in_channels, block_index = out_channels, block_index + 1
             self.stages.append(nn.Sequential(*blocks))

@@ -6,13 +6,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from scaling_lab.models.backbone import EfficientNet
 from scaling_lab.models.feature_network import FeatureNetwork, Resample
 from scaling_lab.graphs import feature_graph
-from scaling_lab.models.layers import activation, batch_norm, head_conv
+from scaling_lab.models.layers import activation, batch_norm, head_conv, max_pool
 from scaling_lab.spec import DetectorSpec
 
 CLASS_PRIOR = 0.01
@@ -22,15 +21,16 @@ class ExtraLevels(nn.Module):
     """Levels above the backbone's last one: P6 from the last backbone feature (1×1 conv + BN
     where channels differ, then max-pool 3, stride 2), each higher level a max-pool of the one below."""
 
-    def __init__(self, in_channels: int, channels: int, count: int):
+    def __init__(self, in_channels: int, channels: int, count: int, padding: str):
         super().__init__()
-        self.first = Resample(in_channels, channels, 1)
+        self.first = Resample(in_channels, channels, 1, padding)
         self.count = count
+        self.padding = padding
 
     def forward(self, last: torch.Tensor) -> list[torch.Tensor]:
         levels = [self.first(last, ())]
         for _ in range(self.count - 1):
-            levels.append(F.max_pool2d(levels[-1], 3, 2, padding=1))
+            levels.append(max_pool(levels[-1], 3, 2, self.padding))
         return levels
 
 
@@ -66,11 +66,11 @@ class EfficientDet(nn.Module):
         self.backbone_levels = list(range(spec.min_level, min(spec.max_level, top) + 1))
         in_channels = [self.backbone.level_channels(level) for level in self.backbone_levels]
         extra = spec.max_level - self.backbone_levels[-1]
-        self.extra_levels = ExtraLevels(in_channels[-1], spec.channels, extra) if extra > 0 else None
+        self.extra_levels = ExtraLevels(in_channels[-1], spec.channels, extra, spec.padding) if extra > 0 else None
         in_channels += [spec.channels] * extra
         graph = feature_graph(spec.feature_network, spec.min_level, spec.max_level)
         self.feature_network = FeatureNetwork(
-            graph, in_channels, spec.channels, spec.feature_repeats, spec.fusion, spec.fusion_weights, spec.separable, spec.activation
+            graph, in_channels, spec.channels, spec.feature_repeats, spec.fusion, spec.fusion_weights, spec.separable, spec.activation, spec.padding
         )
         head = dict(repeats=spec.head_repeats, num_levels=spec.num_levels, separable=spec.separable, act=spec.activation)
         self.class_head = Head(spec.channels, spec.num_anchors * spec.num_classes, **head)

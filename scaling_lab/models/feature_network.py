@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scaling_lab.graphs import FeatureGraph
-from scaling_lab.models.layers import activation, batch_norm, conv, head_conv
+from scaling_lab.models.layers import activation, batch_norm, conv, head_conv, max_pool
 
 FUSION_EPSILON = 1e-4
 
@@ -17,7 +17,7 @@ class Resample(nn.Module):
     """Brings one input to a node's level: 1×1 conv + BN where channels differ, then
     nearest upsampling or max-pooling (kernel stride+1, as the official code)."""
 
-    def __init__(self, in_channels: int, out_channels: int, level_shift: int):
+    def __init__(self, in_channels: int, out_channels: int, level_shift: int, padding: str = "symmetric"):
         super().__init__()
         self.project = (
             nn.Sequential(conv(in_channels, out_channels, bias=True), batch_norm(out_channels))
@@ -25,12 +25,13 @@ class Resample(nn.Module):
             else nn.Identity()
         )
         self.level_shift = level_shift  # > 0: downsample by 2^shift; < 0: upsample
+        self.padding = padding
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         x = self.project(x)
         if self.level_shift > 0:
             stride = 2**self.level_shift
-            return F.max_pool2d(x, stride + 1, stride, padding=stride // 2)
+            return max_pool(x, stride + 1, stride, self.padding)
         if self.level_shift < 0:
             return F.interpolate(x, size=size, mode="nearest")
         return x
@@ -45,9 +46,19 @@ class FusionNode(nn.Module):
     ``fast`` Σ relu(w_i)/(ε + Σ_j relu(w_j))·I_i.
     """
 
-    def __init__(self, in_channels: list[int], level_shifts: list[int], channels: int, fusion: str, fusion_weights: str, separable: bool, act: str):
+    def __init__(
+        self,
+        in_channels: list[int],
+        level_shifts: list[int],
+        channels: int,
+        fusion: str,
+        fusion_weights: str,
+        separable: bool,
+        act: str,
+        padding: str = "symmetric",
+    ):
         super().__init__()
-        self.resample = nn.ModuleList(Resample(c, channels, shift) for c, shift in zip(in_channels, level_shifts))
+        self.resample = nn.ModuleList(Resample(c, channels, shift, padding) for c, shift in zip(in_channels, level_shifts))
         self.fusion = fusion
         if fusion != "sum":
             shape = (len(in_channels), channels) if fusion_weights == "channel" else (len(in_channels),)
@@ -83,7 +94,17 @@ class FusionNode(nn.Module):
 class FeatureCell(nn.Module):
     """One repeat of a feature graph."""
 
-    def __init__(self, graph: FeatureGraph, in_channels: list[int], channels: int, fusion: str, fusion_weights: str, separable: bool, act: str):
+    def __init__(
+        self,
+        graph: FeatureGraph,
+        in_channels: list[int],
+        channels: int,
+        fusion: str,
+        fusion_weights: str,
+        separable: bool,
+        act: str,
+        padding: str = "symmetric",
+    ):
         super().__init__()
         self.graph = graph
         node_levels = list(graph.levels) + [node.level for node in graph.nodes]
@@ -97,6 +118,7 @@ class FeatureCell(nn.Module):
                 fusion_weights,
                 separable,
                 act,
+                padding,
             )
             for node in graph.nodes
         )
@@ -116,10 +138,21 @@ class FeatureCell(nn.Module):
 class FeatureNetwork(nn.Module):
     """``repeats`` cells; the first one also projects backbone channels to ``channels``."""
 
-    def __init__(self, graph: FeatureGraph, in_channels: list[int], channels: int, repeats: int, fusion: str, fusion_weights: str, separable: bool, act: str):
+    def __init__(
+        self,
+        graph: FeatureGraph,
+        in_channels: list[int],
+        channels: int,
+        repeats: int,
+        fusion: str,
+        fusion_weights: str,
+        separable: bool,
+        act: str,
+        padding: str = "symmetric",
+    ):
         super().__init__()
         self.cells = nn.ModuleList(
-            FeatureCell(graph, in_channels if i == 0 else [channels] * len(in_channels), channels, fusion, fusion_weights, separable, act)
+            FeatureCell(graph, in_channels if i == 0 else [channels] * len(in_channels), channels, fusion, fusion_weights, separable, act, padding)
             for i in range(repeats)
         )
 

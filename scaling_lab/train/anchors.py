@@ -10,13 +10,12 @@ Boxes are xyxy pixels of the input canvas. Deltas are the official Faster R-CNN 
 scale factors, in the official order ``(ty, tx, th, tw)``:
 ``ty = (cy - cy_a) / h_a``, ``tx = (cx - cx_a) / w_a``, ``th = log(h / h_a)``, ``tw = log(w / w_a)``.
 
-Matching: an anchor whose best IoU with a ground-truth box is >= 0.5 is positive for that box,
-< 0.4 negative (background), in between ignored (no class loss), the RetinaNet rule the
-EfficientDet paper cites. On top of that every ground-truth box claims its best anchor
-(``force_match``), as the official ``ArgMaxMatcher(force_match_for_each_row=True)`` does, so
-small or thin boxes that reach no anchor at IoU 0.5 still get a positive. (The official code
-also sets the negative threshold equal to the positive one, 0.5: pass ``negative_iou=0.5`` for
-exactly that.)
+Matching, as the official code (and effdet) by default: an anchor whose best IoU with a
+ground-truth box is >= 0.5 is positive for that box, below 0.5 negative (background). On top of
+that every ground-truth box claims its best anchor (``force_match``), as the official
+``ArgMaxMatcher(force_match_for_each_row=True)`` does, so small or thin boxes that reach no
+anchor at IoU 0.5 still get a positive. ``negative_iou`` below ``positive_iou`` leaves a band of
+ignored anchors (no class loss) between them: 0.4 is the RetinaNet rule the paper cites.
 """
 
 from __future__ import annotations
@@ -27,8 +26,9 @@ from dataclasses import dataclass
 import torch
 
 from scaling_lab.errors import ScalingLabError
-from scaling_lab.spec import DetectorSpec
+from scaling_lab.spec import REFERENCE_ASPECT_RATIOS, AspectRatio, DetectorSpec, aspect_pair
 
+POSITIVE_IOU = NEGATIVE_IOU = 0.5  # the official matcher's thresholds
 NEGATIVE = -1  # class target of a background anchor
 IGNORED = -2  # class target of an anchor left out of the class loss
 # exp() of a larger log-size delta overflows to a box bigger than any canvas; clamp before it.
@@ -40,22 +40,22 @@ def generate_anchors(
     min_level: int,
     max_level: int,
     num_scales: int = 3,
-    aspect_ratios: tuple[float, ...] = (1.0, 2.0, 0.5),
+    aspect_ratios: tuple[AspectRatio, ...] = REFERENCE_ASPECT_RATIOS,
     anchor_scale: float = 4.0,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """All anchors [N, 4] (xyxy) of a square ``resolution`` input, in the module's anchor order.
 
-    At level l (stride s = 2^l) the anchor of octave scale 2^(i/num_scales) and aspect ratio
-    r = width/height is centred on (x + 0.5)·s, (y + 0.5)·s with width anchor_scale·s·2^(i/n)·√r
-    and height anchor_scale·s·2^(i/n)/√r.
+    At level l (stride s = 2^l) the anchor of octave scale 2^(i/num_scales) and aspect (x, y)
+    (see ``spec.aspect_pair``: a ratio r is (√r, 1/√r)) is centred on (x + 0.5)·s, (y + 0.5)·s
+    with width anchor_scale·s·2^(i/n)·x and height anchor_scale·s·2^(i/n)·y.
     """
     if resolution % 2**max_level:
         raise ScalingLabError(f"resolution {resolution} must be divisible by 2^max_level = {2**max_level}")
     scales = torch.tensor([2 ** (i / num_scales) for i in range(num_scales)], dtype=torch.float64)
-    ratios = torch.tensor(aspect_ratios, dtype=torch.float64)
-    half_widths = (scales.view(-1, 1) * ratios.sqrt().view(1, -1)).flatten() / 2  # [A], scale-major
-    half_heights = (scales.view(-1, 1) / ratios.sqrt().view(1, -1)).flatten() / 2
+    pairs = torch.tensor([aspect_pair(ratio) for ratio in aspect_ratios], dtype=torch.float64)  # [R, 2]
+    half_widths = (scales.view(-1, 1) * pairs[:, 0].view(1, -1)).flatten() / 2  # [A], scale-major
+    half_heights = (scales.view(-1, 1) * pairs[:, 1].view(1, -1)).flatten() / 2
     levels = []
     for level in range(min_level, max_level + 1):
         stride = 2**level
@@ -162,8 +162,8 @@ def match_anchors(
     anchors: torch.Tensor,
     gt_boxes: torch.Tensor,
     gt_labels: torch.Tensor,
-    positive_iou: float = 0.5,
-    negative_iou: float = 0.4,
+    positive_iou: float = POSITIVE_IOU,
+    negative_iou: float = NEGATIVE_IOU,
     force_match: bool = True,
 ) -> AnchorTargets:
     """Label every anchor of every image at once (no loop over images or anchors).

@@ -1,4 +1,5 @@
-"""``scaling-lab train``: one trial from the command line.
+"""``scaling-lab train``: one trial from the command line; ``scaling-lab evaluate``: the
+validation metrics of given weights without training.
 
 Prints the final metrics, one ``name value`` line each, or with ``--json`` the whole
 ``TrialResult`` as one JSON object on stdout (NaN metrics, such as APl without large objects,
@@ -55,9 +56,51 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--bad-data", choices=BAD_DATA, default=Task.bad_data,
         help="unusable images and annotations: an error naming them (default), or skip them and count them in the notes",
     )
+    _add_init_arguments(parser)
+    parser.add_argument("--freeze-backbone", action="store_true", help="train everything but the backbone")
+    parser.add_argument("--freeze-backbone-bn", action="store_true", help="keep the backbone's batch norms as loaded")
+    parser.add_argument(
+        "--backbone-lr-scale", type=flag(TASK_RANGES["backbone_lr_scale"]), default=Task.backbone_lr_scale, help="the backbone's learning rate as a fraction of --lr (default: 1)"
+    )
     parser.add_argument("--no-latency", action="store_true", help="skip timing the model")
     parser.add_argument("--json", action="store_true", help="print the whole trial result as one JSON object")
     parser.set_defaults(func=run_train_command)
+
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        help="validate given weights without training (COCO AP, or top-1/top-5)",
+        description="Load weights into a spec and print its validation metrics, as a trial validates.",
+    )
+    evaluate.add_argument("spec", metavar="NAME_OR_SPEC", help="a preset name (efficientdet-d0) or a YAML/JSON spec file")
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a spec field (repeatable)")
+    evaluate.add_argument("--data", default="synthetic", help="'synthetic' or a folder with a val/ split (default: synthetic)")
+    _add_init_arguments(evaluate)
+    evaluate.add_argument("--batch-size", type=int, default=Task.batch_size, help=f"batch size (default: {Task.batch_size})")
+    evaluate.add_argument("--max-val-images", type=int, default=None, help="validate on at most this many images")
+    evaluate.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(func=run_evaluate_command)
+
+
+def _add_init_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--init",
+        default=None,
+        metavar="WEIGHTS",
+        help="start from weights: a checkpoint of ours, a timm/effdet state dict file, or a timm/effdet model name (tf_efficientdet_d0)",
+    )
+    parser.add_argument(
+        "--val-images", default=None, metavar="DIR", help="COCO-format validation images (default: <data>/val/images), e.g. coco/val2017"
+    )
+    parser.add_argument(
+        "--val-annotations", default=None, metavar="FILE", help="its annotation file (default: <data>/val/annotations.json)"
+    )
+    parser.add_argument(
+        "--labels",
+        choices=("contiguous", "category_ids"),
+        default=Task.labels,
+        help="class numbering of COCO-format data: contiguous, or category id - 1 (COCO's 90, as effdet's weights) (default: contiguous)",
+    )
 
 
 def run_train_command(args: argparse.Namespace) -> int:
@@ -75,6 +118,13 @@ def run_train_command(args: argparse.Namespace) -> int:
         optimizer=args.optimizer,
         latency=not args.no_latency,
         bad_data=args.bad_data,
+        init=args.init,
+        val_images=args.val_images,
+        val_annotations=args.val_annotations,
+        labels=args.labels,
+        freeze_backbone=args.freeze_backbone,
+        freeze_backbone_bn=args.freeze_backbone_bn,
+        backbone_lr_scale=args.backbone_lr_scale,
     )
     budget = Budget(epochs=args.epochs, max_train_images=args.max_train_images, max_val_images=args.max_val_images)
     result = run_trial(spec, task, budget, seed=args.seed, checkpoint_dir=args.checkpoint_dir, device=args.device, progress=True)
@@ -87,4 +137,31 @@ def run_train_command(args: argparse.Namespace) -> int:
         print(f"{name} {value:.4f}")
     latency = f"{result.latency_ms:.1f} ms" if result.latency_ms is not None else "not measured"
     print(f"params {result.params}\nflops {result.flops}\nlatency (batch 1) {latency}\nwall time {result.wall_time_s:.1f} s")
+    return 0
+
+
+def run_evaluate_command(args: argparse.Namespace) -> int:
+    from scaling_lab.spec import DetectorSpec
+    from scaling_lab.train.scoring import evaluate_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    task = Task(
+        kind="detection" if isinstance(spec, DetectorSpec) else "classification",
+        data=args.data,
+        batch_size=args.batch_size,
+        init=args.init,
+        val_images=args.val_images,
+        val_annotations=args.val_annotations,
+        labels=args.labels,
+        latency=False,
+    )
+    result = evaluate_spec(spec, task, Budget(epochs=1, max_val_images=args.max_val_images), args.device)
+    if args.json:
+        print(json.dumps(_json_safe(result)))
+        return 0
+    for note in result["notes"]:
+        print(f"note: {note}")
+    for name, value in result["metrics"].items():
+        print(f"{name} {value:.4f}")
+    print(f"images {result['images']}")
     return 0

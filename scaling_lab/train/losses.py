@@ -2,8 +2,10 @@
 
 Both are sums over the batch divided by (number of positive anchors in the batch + 1), the
 official normalizer; the box loss is further divided by 4 (one term per coordinate) and weighted
-by 50. Ignored anchors add no class loss; only positive anchors add box loss. Everything is
-computed in float32 whatever the outputs' dtype (bf16 autocast).
+by 50. Ignored anchors add no class loss; box loss comes from the coordinates whose target is
+non-zero, the official mask (background anchors have all-zero targets; a positive anchor's
+coordinate whose target is exactly 0, a box centred on its anchor or of its exact size, adds no
+term either). Everything is computed in float32 whatever the outputs' dtype (bf16 autocast).
 """
 
 from __future__ import annotations
@@ -65,6 +67,6 @@ def detection_loss(
     one_hot.scatter_(-1, targets.classes.clamp(min=0).unsqueeze(-1), positive.unsqueeze(-1).to(one_hot.dtype))
     counted = (targets.classes != IGNORED).unsqueeze(-1).to(class_logits.dtype)
     class_loss = (focal_loss(class_logits, one_hot, alpha, gamma) * counted).sum() / normalizer
-    box_terms = huber_loss(box_deltas, targets.boxes, delta) * positive.unsqueeze(-1)
+    box_terms = huber_loss(box_deltas, targets.boxes, delta) * (targets.boxes != 0)
     box_loss = box_terms.sum() / (4 * normalizer)
     return DetectionLoss(total=class_loss + box_weight * box_loss, classes=class_loss, boxes=box_loss)

@@ -41,6 +41,7 @@ from scaling_lab.models import build_model
 from scaling_lab.spec import BackboneSpec, DetectorSpec, Spec
 from scaling_lab.train.anchors import anchors_for_spec, flatten_levels, match_anchors
 from scaling_lab.train.evaluate import evaluate_classifier, evaluate_detector
+from scaling_lab.train.finetune import initialize, parameter_groups, train_mode
 from scaling_lab.train.losses import detection_loss
 from scaling_lab.trial import Budget, ReportCallback, Task, TrialResult
 
@@ -138,37 +139,39 @@ def _check_path(path: Path, what: str, hint: str) -> Path:
     return path
 
 
-def load_datasets(task: Task) -> tuple[Any, Any]:
-    """The (train, val) datasets a task names (see ``Task`` for the folder layouts)."""
+def load_split(task: Task, split: str):
+    """The ``split`` (train or val) dataset a task names (see ``Task`` for the folder layouts)."""
     from scaling_lab.data import CocoDetection, ImageFolderClassification, synthetic_classification, synthetic_dataset
 
     knobs = dict(task.synthetic)
     if task.data == "synthetic":
         make = synthetic_dataset if task.kind == "detection" else synthetic_classification
-        return make("train", **knobs), make("val", **knobs)
+        return make(split, **knobs)
     if knobs:
         raise ScalingLabError(f"task synthetic knobs {knobs} are only valid with data 'synthetic', not {task.data!r}")
     root = Path(task.data)
     layout = "expected train/ and val/ folders, or 'synthetic'"
     _check_path(root, "task data folder", layout)
     if task.kind == "classification":
-        train, val = (
-            ImageFolderClassification(_check_path(root / split, "classification split", layout), bad_data=task.bad_data) for split in ("train", "val")
-        )
+        return ImageFolderClassification(_check_path(root / split, "classification split", layout), bad_data=task.bad_data)
+    images = getattr(task, f"{split}_images") or root / split / "images"
+    annotations = getattr(task, f"{split}_annotations") or root / split / "annotations.json"
+    hint = f"set task {split}_images/{split}_annotations or use the layout <data>/{split}/images + <data>/{split}/annotations.json"
+    return CocoDetection(_check_path(Path(images), "images folder", hint), _check_path(Path(annotations), "annotation file", hint), labels=task.labels, bad_data=task.bad_data)
+
+
+def load_datasets(task: Task) -> tuple[Any, Any]:
+    """The (train, val) datasets a task names, checked to hold the same classes."""
+    train, val = load_split(task, "train"), load_split(task, "val")
+    if task.data == "synthetic":
+        return train, val
+    if task.kind == "classification":
         if train.class_names != val.class_names:
             raise ScalingLabError(
-                f"the train and val folders of {root} hold different classes ({train.class_names} vs {val.class_names}); "
+                f"the train and val folders of {task.data} hold different classes ({train.class_names} vs {val.class_names}); "
                 "both splits need the same class sub-folders"
             )
         return train, val
-    datasets = []
-    for split in ("train", "val"):
-        images = getattr(task, f"{split}_images") or root / split / "images"
-        annotations = getattr(task, f"{split}_annotations") or root / split / "annotations.json"
-        hint = f"set task {split}_images/{split}_annotations or use the layout <data>/{split}/images + <data>/{split}/annotations.json"
-        images, annotations = _check_path(Path(images), "images folder", hint), _check_path(Path(annotations), "annotation file", hint)
-        datasets.append(CocoDetection(images, annotations, bad_data=task.bad_data))
-    train, val = datasets
     if train.label_to_category_id != val.label_to_category_id:
         raise ScalingLabError(
             f"the train and val annotation files of {task.data!r} list different categories "
@@ -248,10 +251,9 @@ def fit_batch_norm_momentum(model: nn.Module, total_steps: int) -> None:
 
 
 def make_optimizer(model: nn.Module, task: Task) -> torch.optim.Optimizer:
-    """SGD (momentum 0.9) or AdamW; no weight decay on biases and norm weights (1-D tensors)."""
-    decayed = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    undecayed = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decayed, "weight_decay": task.weight_decay}, {"params": undecayed, "weight_decay": 0.0}]
+    """SGD (momentum 0.9) or AdamW; no weight decay on biases and norm weights (1-D tensors),
+    the backbone's learning rate scaled by ``task.backbone_lr_scale``."""
+    groups = parameter_groups(model, task)
     if task.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=task.peak_lr, momentum=SGD_MOMENTUM)
     return torch.optim.AdamW(groups, lr=task.peak_lr)
@@ -413,7 +415,11 @@ def run_trial(
     val_loader = Loader(val_set, train_spec.resolution, task.batch_size, train=False, seed=seed, device=device)
 
     seed_everything(seed)
-    model = build_model(train_spec).to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    model = build_model(train_spec)
+    init_note = initialize(model, train_spec, task)
+    if init_note:
+        notes.append(init_note)
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     steps_per_epoch = len(train_loader)
     fit_batch_norm_momentum(model, budget.epochs * steps_per_epoch)
     average = WeightAverage(model, task.ema) if task.ema > 0 else None
@@ -449,7 +455,7 @@ def run_trial(
     try:
         for epoch in range(state.epoch, budget.epochs):
             train_loader.set_epoch(epoch)
-            model.train()
+            train_mode(model, task)
             loss_sum = torch.zeros((), device=device)
             for step, batch in enumerate(train_loader, start=1):
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
