@@ -81,6 +81,8 @@ def write_fixture_run(directory: Path, finished: bool = True) -> Path:
                     **{f"param.{k}": v for k, v in (params or {}).items()},
                     "group": group,
                     "AP": trial_ap if state == "complete" else math.nan,
+                    "AP_ci_low": trial_ap - 0.02 if state == "complete" else math.nan,
+                    "AP_ci_high": trial_ap + 0.015 if state == "complete" else math.nan,
                     "AP50": trial_ap + 0.18 if state == "complete" else math.nan,
                     "AP75": trial_ap + 0.02 if state == "complete" else math.nan,
                     "params": BASE_PARAMS * params_factor if measured else math.nan,
@@ -208,6 +210,12 @@ def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path):
     heatmaps = [f for f in check["figures"] if f["heatmaps"]]
     assert len(heatmaps) == 1
     assert all(f["lines"] >= 1 for f in check["figures"] if not f["heatmaps"])
+    fronts, scaling = check["figures"][:4], check["figures"][5]
+    configurations_drawn = len(configurations(load_run(run_dir)))
+    for front in fronts:  # every configuration has its error bar; a legend names the groups and the front
+        assert front["errorbars"] == configurations_drawn
+        assert front["legend"] == 1 + 6  # Pareto front + ablation, compound, depth, grid, resolution, width
+    assert scaling["errorbars"] >= 16 and scaling["legend"] == 4
 
 
 def test_page_is_self_contained_with_plotly_once(run_dir: Path, tmp_path: Path):
