@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from scaling_lab import stats
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.spec import spec_from_dict
 from scaling_lab.study.runner import cost_counts, open_results
@@ -26,6 +27,8 @@ class Derivation:
     coefficients: dict[str, float]
     flops_ratios: dict[str, float]  # each coefficient alone, and "compound" for all three
     constraint: dict[str, Any] | None
+    # the other candidates whose difference from the winner is within noise (scaling_lab.stats)
+    indistinguishable: tuple[dict[str, Any], ...] = ()
 
     @property
     def within_constraint(self) -> bool | None:
@@ -45,6 +48,10 @@ class Derivation:
             bounds = f"[{self.constraint.get('min', '-')}, {self.constraint.get('max', '-')}]"
             verdict = "within" if self.within_constraint else "OUTSIDE"
             lines.append(f"  {verdict} the flops constraint {bounds}{' x the base' if self.constraint.get('relative') else ''}")
+        lines.append(f"  {len(self.indistinguishable)} other candidate(s) statistically indistinguishable from it (95 % interval of the difference includes 0)")
+        for candidate in self.indistinguishable:
+            coefficients = ", ".join(f"{name}={candidate[name]:g}" for name in COEFFICIENT_DIMENSIONS if candidate.get(name) is not None)
+            lines.append(f"    {candidate['config_id']} ({coefficients}): {self.metric} {candidate['mean']:.4g}, difference {candidate['difference']:+.4g} [{candidate['low']:+.4g}, {candidate['high']:+.4g}]")
         return "\n".join(lines)
 
 
@@ -86,4 +93,9 @@ def derive_coefficients(run_dir: Path) -> Derivation:
     constraint = next(
         (c for g in info.get("groups", []) if g["name"] == group for c in g["constraints"] if c["cost"] == "flops"), None
     )
-    return Derivation(group, objective["metric"], float(means[best_id]), len(best), coefficients, ratios, constraint)
+    tied = stats.indistinguishable_from_winner(done, best_id, objective["metric"], objective["direction"] == "maximize")
+    params = done.groupby("config_id")[[f"param.{name}" for name in COEFFICIENT_DIMENSIONS if f"param.{name}" in done.columns]].first()
+    indistinguishable = tuple(
+        {**row, **{name: params.loc[row["config_id"]].get(f"param.{name}") for name in COEFFICIENT_DIMENSIONS}} for row in tied.to_dict("records")
+    )
+    return Derivation(group, objective["metric"], float(means[best_id]), len(best), coefficients, ratios, constraint, indistinguishable)
