@@ -17,6 +17,8 @@ from scaling_lab.report.run import ACCURACY_METRICS, COSTS, Run
 DEFAULT_FLOPS_TOLERANCE = 0.1  # a grid cell qualifies when its FLOPs ratio is within 10 % of 2^phi
 GRID_PARAMS = ("param.alpha", "param.beta", "param.gamma")
 NON_SCALING_GROUPS = ("", "grid", "ablation")
+# the fields compound scaling changes (scaling_lab.scaling.scale_detector / scale_backbone)
+SCALED_FIELDS = ("backbone.width", "backbone.depth", "backbone.resolution", "resolution", "channels", "feature_repeats", "head_repeats")
 
 
 def measured(run: Run) -> list[str]:
@@ -275,29 +277,31 @@ def flops_tolerance(run: Run) -> float:
 
 
 def scaling_groups(run: Run, configs: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Scaling curves: each ``group`` other than grid/ablation that sweeps phi over two or more
-    configurations, by FLOPs, starting at the unscaled base (phi = 0) where the study has it."""
+    """Scaling curves: each ``group`` other than grid/ablation with phi, by FLOPs, starting at the
+    unscaled base (phi = 0) where the study has it; a curve needs two phi values."""
     if configs.empty or "flops" not in configs.columns or "param.phi" not in configs.columns:
         return {}
     curves = {}
     for group, rows in configs.groupby("group", sort=True):
         rows = rows.dropna(subset=["flops"])
-        if group not in NON_SCALING_GROUPS and rows["param.phi"].nunique() >= 2:
-            if not (rows["param.phi"] == 0).any():
-                start = unscaled_start(run, configs, rows)
-                rows = rows if start is None else pd.concat([start.to_frame().T.assign(**{"param.phi": 0.0}), rows])
+        if group in NON_SCALING_GROUPS or rows["param.phi"].dropna().empty:
+            continue
+        if not (rows["param.phi"] == 0).any():
+            start = unscaled_start(run, configs, rows)
+            rows = rows if start is None else pd.concat([start.to_frame().T.assign(**{"param.phi": 0.0}), rows])
+        if rows["param.phi"].nunique() >= 2:
             curves[str(group)] = rows.sort_values("flops")
     return curves
 
 
 def unscaled_start(run: Run, configs: pd.DataFrame, curve: pd.DataFrame) -> pd.Series | None:
-    """The configuration a scaling curve starts from: the base spec's values in the fields the
-    curve scales, the curve's own values in every other spec field (e.g. the BiFPN of a
+    """The configuration a scaling curve starts from: the base spec's values in the fields where
+    the curve departs from the base, the curve's own values in every other spec field (e.g. the BiFPN of a
     feature-network group for a BiFPN phi sweep)."""
     base = _flat_base(run)
     columns = [c for c in run.spec_columns if c in configs.columns and c in curve.columns]
-    scaled = [c for c in columns if curve[c].map(_short).nunique() > 1]
-    if not scaled or not all(c in base for c in scaled):
+    scaled = [c for c in columns if c in SCALED_FIELDS and c in base and (curve[c].map(_short) != _short(base[c])).any()]
+    if not scaled:
         return None
     fixed = [c for c in columns if c not in scaled]
     matches = pd.Series(True, index=configs.index)
