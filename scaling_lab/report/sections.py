@@ -14,7 +14,7 @@ from scaling_lab.report.figures import human, scale
 from scaling_lab.report.html import Page, definitions, paragraph, preformatted, side_by_side, table
 from scaling_lab.report.run import ACCURACY_METRICS, COSTS, Run
 
-PAPER_EXPERIMENTS = ("fpn_ablation", "fusion_ablation", "compound_grid", "pareto")
+PAPER_EXPERIMENTS = ("fpn_ablation", "fusion_ablation", "compound_grid", "pareto", "proxy_findings")
 
 
 def text(value: Any) -> str:
@@ -252,11 +252,21 @@ def add_paper(page: Page, run: Run, configs: pd.DataFrame) -> None:
     experiment = run.study.get("experiment")
     if experiment not in PAPER_EXPERIMENTS or configs.empty:
         return
+    # the proxy study asks both papers' questions
+    for part in ("fpn_ablation", "compound_grid") if experiment == "proxy_findings" else (experiment,):
+        found = paper_comparison(run, configs, part)
+        if found is not None:
+            source, body = found
+            page.add("paper" if part == experiment else f"paper-{part}", "Paper comparison" if part == experiment else f"Paper comparison: {source.split(' (')[0]}", paragraph(f"{source}. The paper's absolute numbers come from full COCO/ImageNet training; compare trends and ratios."), body)
+
+
+def paper_comparison(run: Run, configs: pd.DataFrame, experiment: str) -> tuple[str, str] | None:
+    """The paper's table beside ours for one experiment kind: (source, HTML), or None without data."""
     metric = run.main_metric
     if experiment == "fpn_ablation":
         ours = analysis.ablation_table(run, configs)
         if ours.empty:
-            return
+            return None
         reference = pd.DataFrame([vars(row) for row in paper.FEATURE_NETWORKS])
         merged = reference.merge(ours, left_on="name", right_on="paper_name", how="left", suffixes=("_paper", ""))
         body = table(
@@ -275,7 +285,7 @@ def add_paper(page: Page, run: Run, configs: pd.DataFrame) -> None:
     elif experiment == "fusion_ablation":
         ours = analysis.fusion_pairs(run, configs)
         if ours.empty:
-            return
+            return None
         reference = pd.DataFrame([vars(row) for row in paper.FUSIONS])
         body = side_by_side(
             ("paper", table(reference, {"model": ("model", text), "softmax_ap": ("softmax AP", number(4)), "fast_ap": ("fast AP", number(4)), "speedup": ("speedup", ratio)})),
@@ -298,7 +308,7 @@ def add_paper(page: Page, run: Run, configs: pd.DataFrame) -> None:
             ours = analysis.scaling_gains(run, curves)
             parts.append((f"ours: largest model per rule ({metric} gain over the smallest)", table(ours, {"group": ("scaling", text), "summary": ("configuration", text), "flops_ratio": ("FLOPs", ratio), "gain": (f"{metric} gain (points)", lambda v: f"{v * scale(metric):+.2f}")})))
         if not parts:
-            return
+            return None
         body = side_by_side(*parts)
         source = "EfficientNet section 3.3 and Table 7"
     else:
@@ -311,7 +321,7 @@ def add_paper(page: Page, run: Run, configs: pd.DataFrame) -> None:
             ("our front", table(front, {"summary": ("configuration", text), **{c: (c, human) for c in ("params", "flops") if c in front}, metric: (metric, percent(metric))})),
         )
         source = "EfficientDet Table 2 / EfficientNet Table 2"
-    page.add("paper", "Paper comparison", paragraph(f"{source}. The paper's absolute numbers come from full COCO/ImageNet training; compare trends and ratios."), body)
+    return source, body
 
 
 def add_trials(page: Page, run: Run) -> None:
