@@ -328,6 +328,9 @@ def add_trials(page: Page, run: Run) -> None:
     trials = run.trials.copy()
     trials["summary"] = trials["config_id"].map(analysis.spec_summaries(run))
     metrics = [m for m in ACCURACY_METRICS if m in trials.columns and trials[m].notna().any()]
+    bootstrapped = [m for m in metrics if f"{m}_ci_low" in trials.columns and trials[f"{m}_ci_low"].notna().any()]
+    for metric in bootstrapped:
+        trials[f"{metric}_interval"] = trials.apply(interval(metric), axis=1)
     costs = [c for c in (*COSTS, "flops_ratio", "wall_time_s", "epochs_done") if c in trials.columns and trials[c].notna().any()]
     columns = {
         "trial_id": ("trial", lambda v: f"{v:g}"),
@@ -337,6 +340,7 @@ def add_trials(page: Page, run: Run) -> None:
         **({"seed": ("seed", lambda v: text(v) if pd.isna(v) else f"{v:g}")} if "seed" in trials.columns else {}),
         "summary": ("configuration", text),
         **{m: (m, percent(m)) for m in metrics},
+        **{f"{m}_interval": (f"{m} 95 % (bootstrap over images)", text) for m in bootstrapped},
         **{c: (c, human) for c in costs},
         "error": ("error", text),
     }
