@@ -369,3 +369,17 @@ def test_fpn_with_fast_fusion_is_not_the_papers_fpn(run_dir: Path):
 
     assert paper.feature_network_row("fpn", "sum").name == "repeated top-down FPN"
     assert paper.feature_network_row("fpn", "fast") is None and paper.feature_network_row("panet", "fast") is None
+
+
+def test_proxy_findings_markdown(run_dir: Path, tmp_path: Path):
+    study = json.loads((run_dir / "study.json").read_text())
+    study["experiment"] = "proxy_findings"
+    (run_dir / "study.json").write_text(json.dumps(study))
+    out = tmp_path / "report"
+    page = write_report(run_dir, out, png=False).read_text()
+    findings = (out / "findings.md").read_text()
+    assert "Paper comparison: EfficientDet Table 5" in page and "Paper comparison: EfficientNet section 3.3" in page
+    assert "| BiFPN, weighted | fast |" in findings and "+2.10 |" in findings  # the paper's 44.39 − 42.29 beside ours
+    assert "Weighted (fast) − unweighted (sum) BiFPN:" in findings and "(paper: +0.45 AP)" in findings
+    assert findings.count("| 1 | ") == 3 and "| +2.1 |" in findings  # compound vs depth at phi 1, paper 81.1 − 79.0
+    assert all(verdict in findings for verdict in ("reference", "better"))

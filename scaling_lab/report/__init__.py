@@ -2,7 +2,7 @@
 
 ``write_report(run_dir, out_dir)`` writes ``index.html`` (self-contained, offline), ``results.csv``
 (every trial), ``configurations.csv`` (means over seeds) and, when kaleido can find a Chromium,
-``figures/*.png``.
+``figures/*.png``; for the proxy study, ``findings.md`` (the text of ``docs/proxy-findings.md``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from scaling_lab.report.analysis import configurations
+from scaling_lab.report.findings import findings_markdown
 from scaling_lab.report.pareto import pareto_front
 from scaling_lab.report.run import Run, load_run
 from scaling_lab.report.sections import build_page, header
@@ -35,6 +36,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, png: bo
     index = out / "index.html"
     index.write_text(page.render(header(run)), encoding="utf-8")
     run.trials.to_csv(out / "results.csv", index=False)
+    if run.study.get("experiment") == "proxy_findings":
+        (out / "findings.md").write_text(findings_markdown(run), encoding="utf-8")
     configurations(run).to_csv(out / "configurations.csv", index=False)
     if png:
         _write_pngs(page.figures, out / "figures")
