@@ -5,7 +5,9 @@ same FLOPs (2^phi x the base). Channel, repeat and resolution rounding move a sp
 FLOPs away from the nominal alpha·beta²·gamma² (at phi = 1 of ``compound_grid --profile cpu``,
 beta = sqrt 2 measures 1.41x, not 2x). ``solve_coefficient`` finds the coefficient whose specs,
 counted with fvcore, land closest to the targets at every phi; ``group_flops_ratios`` measures
-what a study's groups really give, for a test or a reader to check.
+what a study's groups really give, for a test or a reader to check. The base must carry the
+data's ``num_classes`` (``runner.with_data_classes``), as the runner measures: the class head's
+last convolution is a large share of a small detector's FLOPs and does not scale with depth.
 """
 
 from __future__ import annotations
