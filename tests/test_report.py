@@ -215,7 +215,7 @@ def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path):
     configurations_drawn = len(configurations(load_run(run_dir)))
     for front in fronts:  # every configuration has its error bar; a legend names the groups and the front
         assert front["errorbars"] == configurations_drawn
-        assert front["legend"] == 1 + 6  # Pareto front + ablation, compound, depth, grid, resolution, width
+        assert front["legend"] == 1 + 5 + 5  # Pareto front, the ablation's 5 feature networks, compound, depth, grid, resolution, width
     assert scaling["errorbars"] >= 16 and scaling["legend"] == 4
 
 

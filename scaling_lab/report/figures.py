@@ -70,16 +70,17 @@ def error_bars(rows: pd.DataFrame, metric: str) -> dict | None:
     )
 
 
-def colour_key(configs: pd.DataFrame) -> str:
-    """What tells points apart: the group when the study has several, else the feature network."""
-    if configs["group"].nunique() > 1 or "feature_network" not in configs.columns:
-        return "group"
-    return "feature_network"
+def colour_labels(configs: pd.DataFrame) -> pd.Series:
+    """What tells points apart: the group, with the feature network where a group holds several."""
+    labels = "group " + configs["group"].replace("", "(none)").astype(str)
+    if "feature_network" in configs.columns and (configs.groupby("group")["feature_network"].nunique() > 1).any():
+        labels = labels + " · " + configs["feature_network"].astype(str)
+    return labels
 
 
 def pareto_figure(run: Run, configs: pd.DataFrame, cost: str) -> go.Figure:
-    """Mean main metric against mean ``cost`` per configuration, coloured by group (or feature
-    network) with 95 % error bars; the 2-D front as a line; filled markers on the front, open
+    """Mean main metric against mean ``cost`` per configuration, coloured by group (and feature
+    network where a group compares them) with 95 % error bars; the 2-D front as a line; filled markers on the front, open
     diamonds possibly on it (interval reaching it), faint open circles dominated."""
     metric, factor = run.main_metric, scale(run.main_metric)
     points = configs.dropna(subset=[metric, cost]).copy()
@@ -87,13 +88,13 @@ def pareto_figure(run: Run, configs: pd.DataFrame, cost: str) -> go.Figure:
     points["front"] = front_on(points, metric, cost)
     optimistic = points[f"{metric}_ci_high"] if f"{metric}_ci_high" in points.columns else points[metric]
     points["possibly"] = reaches_front(points[[metric, cost]].to_numpy(dtype=float), ["maximize", "minimize"], 0, optimistic.to_numpy(dtype=float))
-    key = colour_key(points)
+    points["colour"] = colour_labels(points)
     figure = go.Figure()
     front = points[points["front"]].sort_values(cost)
     figure.add_trace(
         go.Scatter(x=front[cost], y=front[metric] * factor, mode="lines", line=dict(color=FRONT_COLOR, width=2, dash="dot"), name="Pareto front", hoverinfo="skip")
     )
-    for index, (value, subset) in enumerate(points.groupby(key, sort=True)):
+    for index, (label, subset) in enumerate(points.groupby("colour", sort=True)):
         subset = subset.sort_values(cost)
         symbols = ["circle" if f else "diamond-open" if p else "circle-open" for f, p in zip(subset["front"], subset["possibly"])]
         figure.add_trace(
@@ -104,7 +105,7 @@ def pareto_figure(run: Run, configs: pd.DataFrame, cost: str) -> go.Figure:
                 mode="markers",
                 marker=dict(color=PALETTE[index % len(PALETTE)], size=10, symbol=symbols, line=dict(width=1.5),
                             opacity=[1.0 if f or p else 0.45 for f, p in zip(subset["front"], subset["possibly"])]),
-                name=f"{key.replace('_', ' ')} {value}" if value != "" else "(no group)",
+                name=label,
                 hovertext=subset["hover"],
                 hoverinfo="text",
             )
