@@ -130,11 +130,12 @@ COMPOUND_FLOPS_BASE = 2.0
 def feature_network_row(feature_network: str, fusion: str) -> FeatureNetworkRow | None:
     """The Table 5 row for one of our (feature_network, fusion) settings, if the paper has one.
 
-    The paper's non-BiFPN networks sum their inputs, so any fusion rule matches them; BiFPN
-    rows differ by fusion ('sum' = unweighted, 'fast' = weighted).
+    The paper's non-BiFPN networks sum their inputs, so only 'sum' matches them (an FPN with
+    fast fusion is not the paper's FPN); BiFPN rows differ by fusion ('sum' = unweighted,
+    'fast' = weighted).
     """
     for row in FEATURE_NETWORKS:
-        if row.feature_network == feature_network and (feature_network != "bifpn" or row.fusion == fusion):
+        if row.feature_network == feature_network and row.fusion == fusion:
             return row
     return None
 

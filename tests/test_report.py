@@ -15,7 +15,9 @@ from plotly.offline import get_plotlyjs
 
 from scaling_lab.cli import main
 from scaling_lab.errors import ScalingLabError
+from scaling_lab.study.search_space import config_id
 from scaling_lab.report import write_report
+from scaling_lab.report import analysis
 from scaling_lab.report.analysis import ablation_table, compound_grid, configurations, derived_coefficients, fusion_pairs
 from scaling_lab.report.run import load_run
 from scaling_lab.spec import DetectorSpec
@@ -74,13 +76,15 @@ def write_fixture_run(directory: Path, finished: bool = True) -> Path:
                     "state": state,
                     "error": error,
                     "seed": seed,
-                    "config_id": spec.spec_hash[:8],
+                    "config_id": config_id(group, {"spec": spec.spec_hash}),  # as a study makes it: per group
                     "spec_hash": spec.spec_hash,
                     "spec": spec.to_json(),
                     **_flatten(spec.to_dict()),
                     **{f"param.{k}": v for k, v in (params or {}).items()},
                     "group": group,
                     "AP": trial_ap if state == "complete" else math.nan,
+                    "AP_ci_low": trial_ap - 0.02 if state == "complete" else math.nan,
+                    "AP_ci_high": trial_ap + 0.015 if state == "complete" else math.nan,
                     "AP50": trial_ap + 0.18 if state == "complete" else math.nan,
                     "AP75": trial_ap + 0.02 if state == "complete" else math.nan,
                     "params": BASE_PARAMS * params_factor if measured else math.nan,
@@ -208,6 +212,12 @@ def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path):
     heatmaps = [f for f in check["figures"] if f["heatmaps"]]
     assert len(heatmaps) == 1
     assert all(f["lines"] >= 1 for f in check["figures"] if not f["heatmaps"])
+    fronts, scaling = check["figures"][:4], check["figures"][5]
+    configurations_drawn = len(configurations(load_run(run_dir)))
+    for front in fronts:  # every configuration has its error bar; a legend names the groups and the front
+        assert front["errorbars"] == configurations_drawn
+        assert front["legend"] == 1 + 5 + 5  # Pareto front, the ablation's 5 feature networks, compound, depth, grid, resolution, width
+    assert scaling["errorbars"] >= 16 and scaling["legend"] == 4
 
 
 def test_page_is_self_contained_with_plotly_once(run_dir: Path, tmp_path: Path):
@@ -296,3 +306,80 @@ def test_classification_study_uses_top1(run_dir: Path, tmp_path: Path):
     assert load_run(run_dir).main_metric == "top1"
     page = write_report(run_dir, tmp_path / "report", png=False).read_text()
     assert "top1 vs FLOPs" in page and "B7" in page
+
+
+def test_configuration_intervals_and_possibly_on_front(run_dir: Path):
+    run = load_run(run_dir)
+    configs = configurations(run)
+    fpn = configs[(configs["group"] == "ablation") & (configs["feature_network"] == "fpn")].iloc[0]
+    values = run.complete[run.complete["config_id"] == fpn["config_id"]]["AP"]
+    half = 12.706 * values.std(ddof=1) / math.sqrt(2)  # two seeds: Student t with 1 degree of freedom
+    assert (fpn["AP_ci_low"], fpn["AP_ci_high"]) == pytest.approx((values.mean() - half, values.mean() + half), rel=1e-4)
+    assert fpn["interval"] == "seeds"
+    grid_cell = configs[configs["group"] == "grid"].iloc[0]  # one seed: its trial's bootstrap interval
+    assert grid_cell["interval"] == "bootstrap" and grid_cell["AP_ci_high"] - grid_cell["AP_ci_low"] == pytest.approx(0.035)
+    assert configs["on_front"].le(configs["possibly_on_front"]).all()  # on the front implies possibly on it
+    assert (configs["possibly_on_front"] & ~configs["on_front"]).any()
+
+
+def test_labels_name_what_differs_from_the_base(run_dir: Path):
+    run = load_run(run_dir)
+    configs = configurations(run).set_index(["group", "config_id"])
+    labels = configs["summary"]
+    assert labels.str.len().max() < 100
+    fpn = configs[configs["feature_network"] == "fpn"]["summary"].iloc[0]
+    assert fpn == "feature_network=fpn, fusion=sum"
+    width = configs[(configs.index.get_level_values("group") == "width") & (configs["param.phi"] == 2)]["summary"].iloc[0]
+    assert width == "width=1.8, phi=2"
+
+
+def test_scaling_curves_start_at_the_unscaled_base(run_dir: Path):
+    results = pd.read_parquet(run_dir / "results.parquet")
+    results = results[~((results["param.phi"] == 0) & results["group"].isin(["compound", "width", "depth", "resolution"]))]
+    results.to_parquet(run_dir / "results.parquet")  # the study ran phi 1-3 only; the base comes from the ablation group
+    run = load_run(run_dir)
+    curves = analysis.scaling_groups(run, configurations(run))
+    assert set(curves) == {"compound", "width", "depth", "resolution"}
+    for curve in curves.values():
+        start = curve.iloc[0]
+        assert start["param.phi"] == 0 and start["group"] == "ablation" and start["flops"] == pytest.approx(BASE_FLOPS)
+
+
+def test_comparisons_carry_intervals_and_verdicts(run_dir: Path):
+    from scaling_lab.report import comparisons
+
+    run = load_run(run_dir)
+    configs = configurations(run)
+    ablation = comparisons.ablation_comparisons(run, ablation_table(run, configs)).set_index(["feature_network", "fusion"])
+    assert ablation.loc[("fpn", "sum"), "verdict"] == "reference"
+    # BiFPN-softmax is 2 AP points above FPN by construction, with 0.3-point seed noise: told apart
+    assert ablation.loc[("bifpn", "softmax"), "verdict"] == "better" and ablation.loc[("bifpn", "softmax"), "paired"]
+    curves = analysis.scaling_groups(run, configs)
+    matched = comparisons.scaling_comparisons(run, curves)
+    assert set(matched["rule"]) == {"width", "depth", "resolution"} and set(matched["phi"]) == {1, 2, 3}
+    assert matched["rule_flops_ratio"].notna().all() and matched["compound_flops_ratio"].notna().all()
+    assert set(matched["verdict"]) <= {"better", "worse", "within noise"}
+    grid = compound_grid(run, configs)
+    others = comparisons.runners_up(run, grid, derived_coefficients(run, grid))
+    assert len(others) >= 1 and (others["difference"] <= 0).all()  # nobody beats the winner on the mean
+
+
+def test_fpn_with_fast_fusion_is_not_the_papers_fpn(run_dir: Path):
+    from scaling_lab import paper
+
+    assert paper.feature_network_row("fpn", "sum").name == "repeated top-down FPN"
+    assert paper.feature_network_row("fpn", "fast") is None and paper.feature_network_row("panet", "fast") is None
+
+
+def test_proxy_findings_markdown(run_dir: Path, tmp_path: Path):
+    study = json.loads((run_dir / "study.json").read_text())
+    study["experiment"] = "proxy_findings"
+    (run_dir / "study.json").write_text(json.dumps(study))
+    out = tmp_path / "report"
+    page = write_report(run_dir, out, png=False).read_text()
+    findings = (out / "findings.md").read_text()
+    assert "Paper comparison: EfficientDet Table 5" in page and "Paper comparison: EfficientNet section 3.3" in page
+    assert "| BiFPN, weighted | fast |" in findings and "+2.10 |" in findings  # the paper's 44.39 − 42.29 beside ours
+    assert "Weighted (fast) − unweighted (sum) BiFPN:" in findings and "(paper: +0.45 AP)" in findings
+    assert findings.count("| 1 | ") == 3 and "| +2.1 |" in findings  # compound vs depth at phi 1, paper 81.1 − 79.0
+    assert all(verdict in findings for verdict in ("reference", "better"))

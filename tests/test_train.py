@@ -278,8 +278,9 @@ def test_detection_trial_returns_metrics_curve_and_measurements(monkeypatch):
     monkeypatch.setattr(trainer, "measure_latency", lambda spec, batch, device, dtype: timed.append(batch) or Latency("cpu:test", dtype, batch, timing, timing))
     reports = []
     result = run_trial(TINY_DETECTOR, tiny_task(latency=True), Budget(epochs=2), report=lambda epoch, metrics: reports.append(epoch))
-    assert set(result.metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert set(result.metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl", "AP_ci_low", "AP_ci_high", "AP50_ci_low", "AP50_ci_high"}
     assert all(0 <= value <= 1 for value in result.metrics.values() if not math.isnan(value))
+    assert result.metrics["AP_ci_low"] <= result.metrics["AP"] <= result.metrics["AP_ci_high"]
     assert [entry["epoch"] for entry in result.curve] == reports == [1, 2]
     assert result.params > 0 and result.flops > 0 and result.latency_ms == 3.0 and timed == [1] and result.notes == []
     assert json.loads(json.dumps(result.to_dict()))["spec_hash"] == TINY_DETECTOR.spec_hash

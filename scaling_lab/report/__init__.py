@@ -2,7 +2,7 @@
 
 ``write_report(run_dir, out_dir)`` writes ``index.html`` (self-contained, offline), ``results.csv``
 (every trial), ``configurations.csv`` (means over seeds) and, when kaleido can find a Chromium,
-``figures/*.png``.
+``figures/*.png``; for the proxy study, ``findings.md`` (the text of ``docs/proxy-findings.md``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from scaling_lab.files import atomic_write, atomic_write_text, check_output_folder
 from scaling_lab.report.analysis import configurations
+from scaling_lab.report.findings import findings_markdown
 from scaling_lab.report.pareto import pareto_front
 from scaling_lab.report.run import Run, load_run
 from scaling_lab.report.sections import build_page, header
@@ -47,6 +48,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, png: bo
     atomic_write_text(index, page.render(header(run)))
     atomic_write(out / "results.csv", lambda temporary: run.trials.to_csv(temporary, index=False))
     atomic_write(out / "configurations.csv", lambda temporary: configurations(run).to_csv(temporary, index=False))
+    if run.study.get("experiment") == "proxy_findings":
+        atomic_write_text(out / "findings.md", findings_markdown(run))
     if png:
         _write_pngs(page.figures, out / "figures")
     return index

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from scaling_lab import paper
+from scaling_lab import paper, stats
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.report.pareto import pareto_front
 from scaling_lab.report.run import ACCURACY_METRICS, COSTS, Run
@@ -17,6 +17,8 @@ from scaling_lab.study.winner import WinnerRule, decide_winner, derive_group, ra
 
 GRID_PARAMS = ("param.alpha", "param.beta", "param.gamma")
 NON_SCALING_GROUPS = ("", "grid", "ablation")
+# the fields compound scaling changes (scaling_lab.scaling.scale_detector / scale_backbone)
+SCALED_FIELDS = ("backbone.width", "backbone.depth", "backbone.resolution", "resolution", "channels", "feature_repeats", "head_repeats")
 
 
 def measured(run: Run) -> list[str]:
@@ -29,8 +31,11 @@ def configurations(run: Run) -> pd.DataFrame:
     """One row per configuration of complete trials: mean and standard deviation over seeds.
 
     Columns: every measured metric/cost (mean) and ``<name>_std``, ``n_seeds``, ``seeds``,
-    ``trial_ids``, ``group``, ``summary`` (the spec fields that vary in the study), the spec and
-    ``param.*`` values, and ``on_front`` (non-dominated under the study's objectives).
+    ``trial_ids``, ``group``, ``summary`` (what differs from the base spec), the spec and
+    ``param.*`` values, ``on_front`` (non-dominated under the study's objectives), the main
+    metric's 95 % interval ``<metric>_ci_low``/``_ci_high`` (over seeds, or the one trial's
+    bootstrap over images; ``interval`` says which) and ``possibly_on_front`` (on the front when
+    the main metric is at its interval's upper end).
     """
     complete = run.complete
     if complete.empty:
@@ -47,32 +52,89 @@ def configurations(run: Run) -> pd.DataFrame:
     planned = len(run.study.get("seeds") or []) or None
     table["planned_seeds"] = planned if planned else table["n_seeds"]
     table["incomplete"] = table["n_seeds"] < table["planned_seeds"]
+    intervals = [_interval(run, trials) for _, trials in grouped]
+    metric = run.main_metric
+    table[f"{metric}_ci_low"] = [found.low for found in intervals]
+    table[f"{metric}_ci_high"] = [found.high for found in intervals]
+    table["interval"] = [found.source for found in intervals]
+    matrix, directions = _objective_matrix(run, table)
     # A configuration short of its planned seeds is shown, flagged, but never on the front.
-    table["on_front"] = pareto_front(*_objective_matrix(run, table)) & ~table["incomplete"].to_numpy()
+    competing = ~table["incomplete"].to_numpy()
+    table["on_front"] = pareto_front(matrix, directions) & competing
+    table["possibly_on_front"] = reaches_front(matrix, directions, _main_column(run, table), table[f"{metric}_ci_high"].to_numpy(dtype=float)) & competing
     return table
 
 
-def spec_summaries(run: Run) -> pd.Series:
-    """A short label per configuration: the spec fields and search parameters that vary in the study.
+def _interval(run: Run, trials: pd.DataFrame) -> stats.Estimate:
+    return stats.estimate(stats.seed_values(trials, run.main_metric).to_numpy(), stats.bootstrap_bounds(trials, run.main_metric))
 
-    Plain spec fields come first, so a ``backbone.*`` copy of one (``backbone.resolution``) is
-    dropped; the ``backbone.`` prefix is left out where no plain field has the same name.
+
+def _main_column(run: Run, table: pd.DataFrame) -> int:
+    objectives = [o["metric"] for o in run.study.get("objectives") or [] if o["metric"] in table.columns]
+    return objectives.index(run.main_metric) if run.main_metric in objectives else 0
+
+
+def reaches_front(matrix: np.ndarray, directions: list[str], column: int, optimistic: np.ndarray) -> np.ndarray:
+    """Which points would be non-dominated with ``column`` at its ``optimistic`` value (the
+    others at their means): those whose interval reaches the front. A point on the front
+    reaches it; a point without an interval only if it is on the front."""
+    result = pareto_front(matrix, directions)
+    for index in np.flatnonzero(~result):
+        if np.isfinite(optimistic[index]):
+            moved = matrix.copy()
+            moved[index, column] = optimistic[index]
+            result[index] = pareto_front(moved, directions)[index]
+    return result
+
+
+def spec_summaries(run: Run) -> pd.Series:
+    """A short label per configuration: the spec fields that differ from the study's base spec,
+    then the search parameters that vary and are not spec fields themselves (alpha, phi, ...).
+
+    Without a recorded base spec, the spec fields that vary in the study. A ``backbone.*`` field
+    is named without its prefix where no plain field has the same name.
     """
     plain = [c for c in run.spec_columns if not c.startswith("backbone.")]
-    columns = [*plain, *(c for c in run.spec_columns if c not in plain), *run.param_columns]
-    firsts = run.trials.groupby("config_id", sort=False)[columns].first()
-    varying, seen = [], set()
-    for column in columns:
+    spec_columns = [*plain, *(c for c in run.spec_columns if c not in plain)]
+    names = {c.removeprefix("backbone.") for c in spec_columns}
+    params = [c for c in run.param_columns if c.removeprefix("param.") not in names]
+    firsts = run.trials.groupby("config_id", sort=False)[[*spec_columns, *params]].first()
+    base = _flat_base(run)
+
+    def differs(column: str) -> pd.Series:
+        values = firsts[column].map(_short)
+        if column in base:
+            return values != _short(base[column])
+        return pd.Series(values.nunique() > 1, index=firsts.index)
+
+    shown, seen = [], set()
+    for column in [*spec_columns, *params]:
         values = tuple(firsts[column].astype(str))
-        if len(set(values)) > 1 and values not in seen:
-            varying.append(column)
+        if differs(column).any() and values not in seen:
+            shown.append(column)
             seen.add(values)
-    labels = {c: c.removeprefix("backbone.") if c.removeprefix("backbone.") not in plain else c for c in varying}
+    labels = {c: c.removeprefix("param.").removeprefix("backbone.") if c.removeprefix("backbone.") not in plain else c for c in shown}
+    masks = {c: differs(c) for c in shown}
 
     def summary(row: pd.Series) -> str:
-        return ", ".join(f"{labels[c]}={_short(row[c])}" for c in varying if pd.notna(row[c])) or "base spec"
+        parts = [f"{labels[c]}={_short(row[c])}" for c in shown if pd.notna(row[c]) and (c in params or masks[c][row.name])]
+        return ", ".join(parts) or "base spec"
 
     return firsts.apply(summary, axis=1)
+
+
+def _flat_base(run: Run) -> dict[str, Any]:
+    """The study's base spec as results columns (``backbone.width``, lists as JSON), if recorded."""
+    base = run.study.get("base_spec")
+    if not isinstance(base, dict):
+        return {}
+    flat: dict[str, Any] = {}
+    for key, value in base.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": json.dumps(v) if isinstance(v, list) else v for k, v in value.items()})
+        else:
+            flat[key] = json.dumps(value) if isinstance(value, list) else value
+    return flat
 
 
 def _objective_matrix(run: Run, table: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
@@ -94,11 +156,13 @@ def state_counts(run: Run) -> dict[str, int]:
 
 
 def best_trials(run: Run, count: int = 5) -> pd.DataFrame:
-    """The complete trials with the highest main metric that recorded a training curve."""
+    """The complete trials with the highest main metric that recorded a training curve, with
+    their configuration's ``summary``."""
     if "curve" not in run.trials.columns:
         return run.complete.iloc[0:0]
     with_curve = run.complete[run.complete["curve"].map(lambda text: bool(parse_curve(text)))]
-    return with_curve.sort_values(run.main_metric, ascending=False).head(count)
+    best = with_curve.sort_values(run.main_metric, ascending=False).head(count)
+    return best.assign(summary=best["config_id"].map(spec_summaries(run)))
 
 
 def parse_curve(text: Any) -> list[dict[str, Any]]:
@@ -158,6 +222,8 @@ def fusion_pairs(run: Run, configs: pd.DataFrame) -> pd.DataFrame:
             "configuration": pairs["summary_fast"].str.replace(r"fusion=fast(, )?", "", regex=True),
             f"{metric}_softmax": pairs[f"{metric}_softmax"],
             f"{metric}_fast": pairs[f"{metric}_fast"],
+            "config_id_softmax": pairs["config_id_softmax"],
+            "config_id_fast": pairs["config_id_fast"],
         }
     )
     if "latency_ms" in configs.columns:
@@ -214,17 +280,41 @@ def grid_constraint(run: Run, group: str) -> str:
     return "; ".join(parts) or "none"
 
 
-def scaling_groups(configs: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Scaling curves: each ``group`` other than grid/ablation that sweeps phi over two or more
-    configurations, by FLOPs."""
+def scaling_groups(run: Run, configs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Scaling curves: each ``group`` other than grid/ablation with phi, by FLOPs, starting at the
+    unscaled base (phi = 0) where the study has it; a curve needs two phi values."""
     if configs.empty or "flops" not in configs.columns or "param.phi" not in configs.columns:
         return {}
     curves = {}
     for group, rows in configs.groupby("group", sort=True):
         rows = rows.dropna(subset=["flops"])
-        if group not in NON_SCALING_GROUPS and rows["param.phi"].nunique() >= 2:
+        if group in NON_SCALING_GROUPS or rows["param.phi"].dropna().empty:
+            continue
+        if not (rows["param.phi"] == 0).any():
+            start = unscaled_start(run, configs, rows)
+            rows = rows if start is None else pd.concat([start.to_frame().T.assign(**{"param.phi": 0.0}), rows])
+        if rows["param.phi"].nunique() >= 2:
             curves[str(group)] = rows.sort_values("flops")
     return curves
+
+
+def unscaled_start(run: Run, configs: pd.DataFrame, curve: pd.DataFrame) -> pd.Series | None:
+    """The configuration a scaling curve starts from: the base spec's values in the fields where
+    the curve departs from the base, the curve's own values in every other spec field (e.g. the BiFPN of a
+    feature-network group for a BiFPN phi sweep)."""
+    base = _flat_base(run)
+    columns = [c for c in run.spec_columns if c in configs.columns and c in curve.columns]
+    scaled = [c for c in columns if c in SCALED_FIELDS and c in base and (curve[c].map(_short) != _short(base[c])).any()]
+    if not scaled:
+        return None
+    fixed = [c for c in columns if c not in scaled]
+    matches = pd.Series(True, index=configs.index)
+    for column in scaled:
+        matches &= configs[column].map(_short) == _short(base[column])
+    for column in fixed:
+        matches &= configs[column].map(_short) == _short(curve[column].iloc[0])
+    found = configs[matches].dropna(subset=["flops"])
+    return None if found.empty else found.iloc[0]
 
 
 def scaling_gains(run: Run, curves: dict[str, pd.DataFrame]) -> pd.DataFrame:

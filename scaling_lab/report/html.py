@@ -37,7 +37,9 @@ function drawnCounts(div) {
     id: div.id,
     points: div.querySelectorAll(".scatterlayer .point, .barlayer .point").length,
     lines: div.querySelectorAll(".scatterlayer path.js-line").length,
-    heatmaps: div.querySelectorAll(".heatmaplayer image").length
+    heatmaps: div.querySelectorAll(".heatmaplayer image").length,
+    errorbars: div.querySelectorAll(".errorbars .errorbar").length,
+    legend: div.querySelectorAll(".legend .traces").length
   };
 }
 var drawing = Array.prototype.map.call(document.querySelectorAll("script.figure-data"), function (data) {

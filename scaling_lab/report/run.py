@@ -17,7 +17,8 @@ STATES = ("complete", "pruned", "failed", "rejected", "running")
 # Accuracy metrics are fractions in [0, 1]; the report prints them as percentages, like the papers.
 ACCURACY_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "top1", "top5")
 COSTS = ("flops", "params", "activations", "latency_ms")
-NUMERIC_COLUMNS = (*ACCURACY_METRICS, *COSTS, "flops_elementwise", "flops_ratio", "wall_time_s", "epochs_done", "seed")
+INTERVAL_COLUMNS = tuple(f"{metric}_ci_{side}" for metric in ACCURACY_METRICS for side in ("low", "high"))  # per-trial bootstrap
+NUMERIC_COLUMNS = (*ACCURACY_METRICS, *INTERVAL_COLUMNS, *COSTS, "flops_elementwise", "flops_ratio", "wall_time_s", "epochs_done", "seed")
 SPEC_FIELDS = frozenset(f.name for spec in (DetectorSpec, BackboneSpec) for f in dataclasses.fields(spec))
 
 

@@ -9,12 +9,12 @@ from typing import Any
 import pandas as pd
 
 from scaling_lab import paper
-from scaling_lab.report import analysis, figures
+from scaling_lab.report import analysis, comparisons, figures
 from scaling_lab.report.figures import human, scale
 from scaling_lab.report.html import Page, definitions, paragraph, preformatted, side_by_side, table
 from scaling_lab.report.run import ACCURACY_METRICS, COSTS, Run
 
-PAPER_EXPERIMENTS = ("fpn_ablation", "fusion_ablation", "compound_grid", "pareto")
+PAPER_EXPERIMENTS = ("fpn_ablation", "fusion_ablation", "compound_grid", "pareto", "proxy_findings")
 
 
 def text(value: Any) -> str:
@@ -41,6 +41,41 @@ def mean_std(frame: pd.DataFrame, metric: str) -> pd.Series:
         [f"{m * factor:.2f}" + (f" ± {s * factor:.2f}" if pd.notna(s) else "") if pd.notna(m) else "–" for m, s in zip(frame[metric], std)],
         index=frame.index,
     )
+
+
+def interval(metric: str) -> Any:
+    """The 95 % interval columns of ``metric`` as ``[low, high]`` in display units."""
+    factor = scale(metric)
+    return lambda row: "–" if pd.isna(row[f"{metric}_ci_low"]) else f"[{row[f'{metric}_ci_low'] * factor:.2f}, {row[f'{metric}_ci_high'] * factor:.2f}]"
+
+
+def with_interval_text(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """``metric_text`` (mean ± sd) and ``interval_text`` (95 % interval) columns for a table."""
+    if frame.empty:
+        return frame.assign(metric_text=[], interval_text=[])
+    texts = frame.apply(interval(metric), axis=1) if f"{metric}_ci_low" in frame.columns else "–"
+    return frame.assign(metric_text=mean_std(frame, metric), interval_text=texts)
+
+
+def comparison_columns(metric: str, against: str) -> dict[str, Any]:
+    """Table columns of a comparison (``add_difference_text`` after ``comparisons.with_comparisons``)."""
+    unit = " (points)" if scale(metric) != 1 else ""
+    return {
+        "difference_text": (f"{metric} difference{unit}, {against} [95 % interval]", text),
+        "verdict": ("verdict", text),
+    }
+
+
+def add_difference_text(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    factor = scale(metric)
+    return frame.assign(difference_text=[comparisons.difference_text(row, factor) for _, row in frame.iterrows()]) if not frame.empty else frame
+
+
+INTERVAL_NOTE = (
+    "Intervals are 95 %: over seeds (Student t) for a configuration with two or more seeds, else the trial's "
+    "bootstrap over validation images. A difference is paired by seed where both sides share two or more seeds; "
+    "its verdict is \"better\" or \"worse\" when the whole interval is on one side of zero, else \"within noise\"."
+)
 
 
 def build_page(run: Run) -> Page:
@@ -81,17 +116,26 @@ def add_pareto(page: Page, run: Run, configs: pd.DataFrame) -> None:
         "metric_text": (f"{metric} mean ± sd (%)" if metric in ACCURACY_METRICS else metric, text),
         **{c: (c, human) for c in costs},
     }
-    front = configs[configs["on_front"]].sort_values(costs[0]).assign(metric_text=lambda f: mean_std(f, metric))
+    columns["interval_text"] = ("95 % interval", text)
+    columns["status"] = ("front", text)
+    labelled = with_interval_text(configs, metric).assign(
+        status=["on the front" if on else "possibly on the front" if possibly else "dominated" for on, possibly in zip(configs["on_front"], configs["possibly_on_front"])]
+    )
+    front = labelled[labelled["possibly_on_front"]].sort_values(costs[0])
     page.add(
         "pareto",
         "Pareto fronts",
         paragraph(
-            f"Each point is one configuration: the mean over its seeds (up to {seeds}), error bars one standard deviation; "
-            "fronts are computed on the means. Faint points are dominated. Trials that did not complete are counted and listed under Trials."
+            f"Each point is one configuration: the mean over its seeds (up to {seeds}), error bars its 95 % interval; "
+            "fronts are computed on the means. Filled points are on the front; open diamonds are \"possibly on the front\" "
+            "(their interval reaches it); faint points are dominated. Trials that did not complete are counted and listed under Trials. "
+            + INTERVAL_NOTE
         ),
         *(page.figure(figures.pareto_figure(run, configs, cost)) for cost in costs),
-        f"<h3>Configurations on the front of all objectives ({html.escape(objectives or metric)})</h3>",
+        f"<h3>Configurations on or possibly on the front of all objectives ({html.escape(objectives or metric)})</h3>",
         table(front, columns, sortable=True),
+        "<h3>All configurations (click a header to sort)</h3>",
+        table(labelled.sort_values(metric, ascending=False), columns, sortable=True),
     )
 
 
@@ -100,19 +144,22 @@ def add_ablation(page: Page, run: Run, configs: pd.DataFrame) -> None:
     if rows.empty:
         return
     metric = run.main_metric
-    rows["metric_text"] = mean_std(rows, metric)
+    rows = add_difference_text(comparisons.ablation_comparisons(run, with_interval_text(rows, metric)), metric)
     columns = {
         "feature_network": ("feature network", text),
         "fusion": ("fusion", text),
         "paper_name": ("paper's name", text),
-        "metric_text": (f"{metric} (%)", text),
+        "n_seeds": ("seeds", lambda v: f"{v:g}"),
+        "metric_text": (f"{metric} mean ± sd (%)", text),
+        "interval_text": ("95 % interval", text),
+        **comparison_columns(metric, "vs FPN"),
         "params_ratio": ("#params ratio", ratio),
         "flops_ratio": ("#FLOPs ratio", ratio),
     }
     if "latency_ms" in rows.columns:
         columns["latency_ms"] = ("latency (ms)", number())
-    note = "Ratios are relative to the repeated top-down FPN." if rows["params_ratio"].notna().any() else "The study has no repeated-FPN configuration, so no ratios."
-    page.add("ablation", "Feature-network ablation (EfficientDet Table 5 form)", paragraph(note), table(rows, columns, sortable=True))
+    note = "Ratios and differences are relative to the repeated top-down FPN." if rows["params_ratio"].notna().any() else "The study has no repeated-FPN configuration, so no ratios."
+    page.add("ablation", "Feature-network ablation (EfficientDet Table 5 form)", paragraph(note + " " + INTERVAL_NOTE), table(rows, columns, sortable=True))
 
 
 def add_fusion(page: Page, run: Run, configs: pd.DataFrame) -> None:
@@ -120,19 +167,21 @@ def add_fusion(page: Page, run: Run, configs: pd.DataFrame) -> None:
     if pairs.empty:
         return
     metric = run.main_metric
+    pairs = add_difference_text(comparisons.with_comparisons(run, pairs, "config_id_fast", "config_id_softmax"), metric)
     columns = {
         "configuration": ("configuration", text),
         f"{metric}_softmax": (f"softmax {metric}", percent(metric)),
         f"{metric}_fast": (f"fast {metric}", percent(metric)),
+        **comparison_columns(metric, "fast − softmax"),
     }
     if "speedup" in pairs.columns:
         columns.update({"latency_ms_softmax": ("softmax latency (ms)", number()), "latency_ms_fast": ("fast latency (ms)", number()), "speedup": ("fast speedup", ratio)})
-    page.add("fusion", "Softmax vs fast normalized fusion (EfficientDet Table 6 form)", table(pairs, columns))
+    page.add("fusion", "Softmax vs fast normalized fusion (EfficientDet Table 6 form)", paragraph(INTERVAL_NOTE), table(pairs, columns))
 
 
 def add_compound(page: Page, run: Run, configs: pd.DataFrame) -> None:
     grid = analysis.compound_grid(run, configs)
-    curves = analysis.scaling_groups(configs)
+    curves = analysis.scaling_groups(run, configs)
     if grid.empty and not curves:
         return
     parts = []
@@ -154,8 +203,42 @@ def add_compound(page: Page, run: Run, configs: pd.DataFrame) -> None:
                     }
                 )
             )
+            others = add_difference_text(comparisons.runners_up(run, grid, chosen), run.main_metric)
+            if not others.empty:
+                tied = comparisons.indistinguishable_count(others)
+                parts += [
+                    f"<h3>The grid's winner against its runners-up (those that may win: every seed complete, within the group's constraints) ({tied} within noise)</h3>",
+                    table(
+                        with_interval_text(others, run.main_metric),
+                        {
+                            "summary": ("configuration", text),
+                            "n_seeds": ("seeds", lambda v: f"{v:g}"),
+                            "metric_text": (f"{run.main_metric} mean ± sd (%)", text),
+                            "interval_text": ("95 % interval", text),
+                            **comparison_columns(run.main_metric, "runner-up − winner"),
+                        },
+                    ),
+                ]
     if curves:
         parts.append(page.figure(figures.scaling_figure(run, curves)))
+        matched = add_difference_text(comparisons.scaling_comparisons(run, curves), run.main_metric)
+        if not matched.empty:
+            parts += [
+                "<h3>Compound against single-dimension scaling at the same phi (FLOPs target 2^phi)</h3>",
+                paragraph("Measured FLOPs ratios to the base beside each difference: a comparison is fair only where they match. " + INTERVAL_NOTE),
+                table(
+                    matched,
+                    {
+                        "phi": ("phi", lambda v: f"{v:g}"),
+                        "rule": ("against", text),
+                        "compound_flops_ratio": ("compound FLOPs", ratio),
+                        "rule_flops_ratio": ("its FLOPs", ratio),
+                        "compound_metric": (f"compound {run.main_metric}", percent(run.main_metric)),
+                        "rule_metric": (f"its {run.main_metric}", percent(run.main_metric)),
+                        **comparison_columns(run.main_metric, "compound − it"),
+                    },
+                ),
+            ]
     page.add("compound", "Compound scaling", *parts)
 
 
@@ -169,11 +252,21 @@ def add_paper(page: Page, run: Run, configs: pd.DataFrame) -> None:
     experiment = run.study.get("experiment")
     if experiment not in PAPER_EXPERIMENTS or configs.empty:
         return
+    # the proxy study asks both papers' questions
+    for part in ("fpn_ablation", "compound_grid") if experiment == "proxy_findings" else (experiment,):
+        found = paper_comparison(run, configs, part)
+        if found is not None:
+            source, body = found
+            page.add("paper" if part == experiment else f"paper-{part}", "Paper comparison" if part == experiment else f"Paper comparison: {source.split(' (')[0]}", paragraph(f"{source}. The paper's absolute numbers come from full COCO/ImageNet training; compare trends and ratios."), body)
+
+
+def paper_comparison(run: Run, configs: pd.DataFrame, experiment: str) -> tuple[str, str] | None:
+    """The paper's table beside ours for one experiment kind: (source, HTML), or None without data."""
     metric = run.main_metric
     if experiment == "fpn_ablation":
         ours = analysis.ablation_table(run, configs)
         if ours.empty:
-            return
+            return None
         reference = pd.DataFrame([vars(row) for row in paper.FEATURE_NETWORKS])
         merged = reference.merge(ours, left_on="name", right_on="paper_name", how="left", suffixes=("_paper", ""))
         body = table(
@@ -192,7 +285,7 @@ def add_paper(page: Page, run: Run, configs: pd.DataFrame) -> None:
     elif experiment == "fusion_ablation":
         ours = analysis.fusion_pairs(run, configs)
         if ours.empty:
-            return
+            return None
         reference = pd.DataFrame([vars(row) for row in paper.FUSIONS])
         body = side_by_side(
             ("paper", table(reference, {"model": ("model", text), "softmax_ap": ("softmax AP", number(4)), "fast_ap": ("fast AP", number(4)), "speedup": ("speedup", ratio)})),
@@ -201,7 +294,7 @@ def add_paper(page: Page, run: Run, configs: pd.DataFrame) -> None:
         source = "EfficientDet Table 6 (GPU speedup of fast over softmax fusion)"
     elif experiment == "compound_grid":
         grid = analysis.compound_grid(run, configs)
-        curves = analysis.scaling_groups(configs)
+        curves = analysis.scaling_groups(run, configs)
         chosen = analysis.derived_coefficients(run, grid) if not grid.empty else None
         parts = []
         if chosen is not None:
@@ -215,7 +308,7 @@ def add_paper(page: Page, run: Run, configs: pd.DataFrame) -> None:
             ours = analysis.scaling_gains(run, curves)
             parts.append((f"ours: largest model per rule ({metric} gain over the smallest)", table(ours, {"group": ("scaling", text), "summary": ("configuration", text), "flops_ratio": ("FLOPs", ratio), "gain": (f"{metric} gain (points)", lambda v: f"{v * scale(metric):+.2f}")})))
         if not parts:
-            return
+            return None
         body = side_by_side(*parts)
         source = "EfficientNet section 3.3 and Table 7"
     else:
@@ -228,13 +321,16 @@ def add_paper(page: Page, run: Run, configs: pd.DataFrame) -> None:
             ("our front", table(front, {"summary": ("configuration", text), **{c: (c, human) for c in ("params", "flops") if c in front}, metric: (metric, percent(metric))})),
         )
         source = "EfficientDet Table 2 / EfficientNet Table 2"
-    page.add("paper", "Paper comparison", paragraph(f"{source}. The paper's absolute numbers come from full COCO/ImageNet training; compare trends and ratios."), body)
+    return source, body
 
 
 def add_trials(page: Page, run: Run) -> None:
     trials = run.trials.copy()
     trials["summary"] = trials["config_id"].map(analysis.spec_summaries(run))
     metrics = [m for m in ACCURACY_METRICS if m in trials.columns and trials[m].notna().any()]
+    bootstrapped = [m for m in metrics if f"{m}_ci_low" in trials.columns and trials[f"{m}_ci_low"].notna().any()]
+    for metric in bootstrapped:
+        trials[f"{metric}_interval"] = trials.apply(interval(metric), axis=1)
     costs = [c for c in (*COSTS, "flops_ratio", "wall_time_s", "epochs_done") if c in trials.columns and trials[c].notna().any()]
     columns = {
         "trial_id": ("trial", lambda v: f"{v:g}"),
@@ -244,6 +340,7 @@ def add_trials(page: Page, run: Run) -> None:
         **({"seed": ("seed", lambda v: text(v) if pd.isna(v) else f"{v:g}")} if "seed" in trials.columns else {}),
         "summary": ("configuration", text),
         **{m: (m, percent(m)) for m in metrics},
+        **{f"{m}_interval": (f"{m} 95 % (bootstrap over images)", text) for m in bootstrapped},
         **{c: (c, human) for c in costs},
         "error": ("error", text),
     }

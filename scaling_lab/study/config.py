@@ -22,7 +22,7 @@ from scaling_lab.spec import Spec, deep_merge, load_spec, parse_overrides, read_
 from scaling_lab.study.search_space import SearchSpace, load_search_space
 from scaling_lab.trial import Budget, Task
 
-EXPERIMENTS = ("quickstart", "compound_grid", "fpn_ablation", "fusion_ablation", "pareto")
+EXPERIMENTS = ("quickstart", "compound_grid", "fpn_ablation", "fusion_ablation", "pareto", "proxy_findings")
 SAMPLERS = ("grid", "random", "tpe", "nsga2")
 EARLY_STOPPING = ("none", "asha", "hyperband", "median")
 BACKENDS = ("local", "ray")

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from scaling_lab import stats
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.spec import spec_from_dict
 from scaling_lab.study.candidate import cost_counts
@@ -29,6 +30,8 @@ class Derivation:
     flops_ratios: dict[str, float]  # each coefficient alone, and "compound" for all three
     constraint: dict[str, Any] | None
     ranking: pd.DataFrame  # every grid configuration, best first (winner.rank_configurations)
+    # the other candidates whose difference from the winner is within noise (scaling_lab.stats)
+    indistinguishable: tuple[dict[str, Any], ...] = ()
 
     @property
     def within_constraint(self) -> bool | None:
@@ -51,6 +54,10 @@ class Derivation:
         incomplete = self.ranking[self.ranking["incomplete"]]
         if not incomplete.empty:
             lines.append(f"  {len(incomplete)} configuration(s) with fewer complete seeds than planned do not compete: {', '.join(incomplete['config_id'])}")
+        lines.append(f"  {len(self.indistinguishable)} other candidate(s) statistically indistinguishable from it (95 % interval of the difference includes 0)")
+        for candidate in self.indistinguishable:
+            coefficients = ", ".join(f"{name}={candidate[name]:g}" for name in COEFFICIENT_DIMENSIONS if candidate.get(name) is not None)
+            lines.append(f"    {candidate['config_id']} ({coefficients}): {self.metric} {candidate['mean']:.4g}, difference {candidate['difference']:+.4g} [{candidate['low']:+.4g}, {candidate['high']:+.4g}]")
         return "\n".join(lines)
 
 
@@ -74,4 +81,11 @@ def derive_coefficients(run_dir: Path) -> Derivation:
     constraint = next(
         (c for g in info.get("groups", []) if g["name"] == group for c in g["constraints"] if c["cost"] == "flops"), None
     )
-    return Derivation(group, winner.metric, winner.score, winner.seeds, coefficients, ratios, constraint, winner.ranking)
+    eligible = set(winner.ranking.loc[winner.ranking["eligible"], "config_id"])
+    done = frame[(frame["group"] == group) & (frame["state"] == "complete") & frame["config_id"].isin(eligible)]
+    tied = stats.indistinguishable_from_winner(done, winner.config_id, winner.metric, WinnerRule.from_info(info, group).direction == "maximize")
+    params = done.groupby("config_id")[[f"param.{name}" for name in COEFFICIENT_DIMENSIONS if f"param.{name}" in done.columns]].first()
+    indistinguishable = tuple(
+        {**row, **{name: params.loc[row["config_id"]].get(f"param.{name}") for name in COEFFICIENT_DIMENSIONS}} for row in tied.to_dict("records")
+    )
+    return Derivation(group, winner.metric, winner.score, winner.seeds, coefficients, ratios, constraint, winner.ranking, indistinguishable)

@@ -92,6 +92,7 @@ def trial_row(trial: FrozenTrial, quality_metrics: tuple[str, ...]) -> dict[str,
     row.update(_flatten_spec(spec))
     row.update({f"param.{name}": value for name, value in (record.get("params") or {}).items()})
     row.update({metric: metrics.get(metric) for metric in quality_metrics})
+    row.update({bound: metrics[bound] for metric in quality_metrics for bound in (f"{metric}_ci_low", f"{metric}_ci_high") if bound in metrics})
     row.update({cost: costs.get(cost) for cost in COST_COLUMNS})
     row.update(
         {

@@ -18,14 +18,19 @@ from pycocotools.cocoeval import COCOeval
 from torch import nn
 
 from scaling_lab.train.anchors import flatten_levels
+from scaling_lab.train.bootstrap import bootstrap_ap
 from scaling_lab.train.postprocess import Detections, postprocess
 
 DETECTION_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval.stats[0:6]
+INTERVAL_METRICS = ("AP_ci_low", "AP_ci_high", "AP50_ci_low", "AP50_ci_high")  # bootstrap over images
 CLASSIFICATION_METRICS = ("top1", "top5")
 
 
 def coco_metrics(coco_gt: COCO, results: list[dict[str, Any]], image_ids: Iterable[int], verbose: bool = False) -> dict[str, float]:
-    """COCOeval (bbox) of result records on ``image_ids`` only; no detections at all scores 0."""
+    """COCOeval (bbox) of result records on ``image_ids`` only; no detections at all scores 0.
+
+    Besides COCOeval's six numbers: the 95 % bootstrap intervals of AP and AP50 over the images
+    (``INTERVAL_METRICS``, see ``scaling_lab.train.bootstrap``), from the same per-image matches."""
     image_ids = sorted(set(image_ids))
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with quiet:
@@ -40,7 +45,8 @@ def coco_metrics(coco_gt: COCO, results: list[dict[str, Any]], image_ids: Iterab
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {name: float(value) if value >= 0 else math.nan for name, value in zip(DETECTION_METRICS, evaluator.stats)}
+    metrics = {name: float(value) if value >= 0 else math.nan for name, value in zip(DETECTION_METRICS, evaluator.stats)}
+    return {**metrics, **bootstrap_ap(evaluator)}
 
 
 def detection_results(dataset, detections: Detections, image_ids: list[int], scales: torch.Tensor) -> list[dict[str, Any]]:
