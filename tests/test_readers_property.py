@@ -107,7 +107,7 @@ def test_study_reader_gives_a_study_or_a_clear_error(data):
     except ScalingLabError:
         return
     assert isinstance(config, StudyConfig)
-    for number in (config.task.lr, config.task.weight_decay, config.task.ema, config.task.warmup_epochs):
+    for number in (config.task.peak_lr, config.task.weight_decay, config.task.ema, config.task.warmup_epochs):
         assert math.isfinite(number)
 
 

@@ -1,6 +1,7 @@
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 from ray import cloudpickle
 
@@ -43,5 +44,9 @@ def test_ray_backend_on_two_nodes(tmp_path, two_node_cluster):
     assert (frame["state"] == "rejected").sum() == 3 and (frame["state"] == "failed").sum() == 1
     assert frame.loc[frame["state"] == "failed", "error"].str.contains("CUDA out of memory").all()
     assert (config.run_dir / "ray").is_dir()
+    # Validations reach Optuna at their epoch, as in the local backend (dashboards agree).
+    trials = optuna.load_study(study_name="tiny", storage=config.storage_url).trials
+    finished = [t for t in trials if t.user_attrs.get("record", {}).get("state") == "complete"]
+    assert finished and all(sorted(t.intermediate_values) == [1, 2] for t in finished)
     # The same command again: the Optuna study is complete, nothing runs twice.
     assert len(run_study(config, backend="ray", address=two_node_cluster.address, trial_function=fake_trial, out=None)) == 6
