@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_study_helpers import write_study  # noqa: E402
 
 POSTGRES_URL = os.environ.get("SCALING_LAB_TEST_POSTGRES_URL")
+_STORAGES: list = []
 pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason="SCALING_LAB_TEST_POSTGRES_URL is not set")
 
 WORKER = """
@@ -60,8 +61,15 @@ def _finish(process: subprocess.Popen, timeout: float = 240) -> None:
     assert process.returncode == 0, error[-3000:]
 
 
+def _storage() -> optuna.storages.RDBStorage:
+    """One connection pool for the test's polling (a URL per call would open a pool per call)."""
+    if not _STORAGES:
+        _STORAGES.append(optuna.storages.RDBStorage(POSTGRES_URL))
+    return _STORAGES[0]
+
+
 def _check_every_pair_once(name: str) -> optuna.Study:
-    study = optuna.load_study(study_name=name, storage=POSTGRES_URL)
+    study = optuna.load_study(study_name=name, storage=_storage())
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     pairs = [(t.user_attrs["config_id"], t.user_attrs["seed"]) for t in done]
@@ -80,7 +88,7 @@ def test_two_workers_started_together_run_each_pair_once(tmp_path):
     for worker in workers:
         _finish(worker)
     study = _check_every_pair_once(load_study(path).name)
-    optuna.delete_study(study_name=study.study_name, storage=POSTGRES_URL)
+    optuna.delete_study(study_name=study.study_name, storage=_storage())
 
 
 def _kill_mid_trial(process: subprocess.Popen, name: str, started_before: subprocess.Popen | None = None) -> None:
@@ -92,7 +100,7 @@ def _kill_mid_trial(process: subprocess.Popen, name: str, started_before: subpro
     while time.time() < deadline:
         time.sleep(0.1)
         try:
-            study = optuna.load_study(study_name=name, storage=POSTGRES_URL)
+            study = optuna.load_study(study_name=name, storage=_storage())
         except KeyError:
             continue
         trials = study.get_trials(deepcopy=False)
@@ -117,7 +125,7 @@ def test_a_killed_worker_trial_is_failed_and_run_again_by_the_other(tmp_path):
     study = _check_every_pair_once(name)
     interrupted = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL and "state" not in t.user_attrs.get("record", {})]
     assert interrupted, "the killed worker's running trial was neither failed nor run again"
-    optuna.delete_study(study_name=name, storage=POSTGRES_URL)
+    optuna.delete_study(study_name=name, storage=_storage())
 
 
 @pytest.mark.slow
@@ -131,4 +139,4 @@ def test_a_killed_ray_driver_trials_are_run_again(tmp_path):
     study = _check_every_pair_once(name)
     interrupted = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL and "state" not in t.user_attrs.get("record", {})]
     assert interrupted, [(t.number, t.state.name, t.user_attrs.get("record", {}).get("state")) for t in study.trials]
-    optuna.delete_study(study_name=name, storage=POSTGRES_URL)
+    optuna.delete_study(study_name=name, storage=_storage())
