@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_speed import describe, images_per_second, our_steps, synchronize, synthetic_loader  # noqa: E402
 
 from scaling_lab.models import build_model  # noqa: E402
-from scaling_lab.spec import load_spec  # noqa: E402
+from scaling_lab.spec_files import load_spec  # noqa: E402
 from scaling_lab.train.trainer import make_optimizer  # noqa: E402
 from scaling_lab.trial import Task  # noqa: E402
 

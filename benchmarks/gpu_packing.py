@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_speed import describe, our_steps, synchronize  # noqa: E402
 
-from scaling_lab.spec import load_spec  # noqa: E402
+from scaling_lab.spec_files import load_spec  # noqa: E402
 from scaling_lab.study import load_study, run_study  # noqa: E402
 from scaling_lab.study.ray_backend import estimated_training_bytes  # noqa: E402
 from scaling_lab.study.runner import cost_counts  # noqa: E402

@@ -23,7 +23,7 @@ from torch import nn
 
 from scaling_lab.data import DetectionLoader, synthetic_dataset
 from scaling_lab.models import build_model
-from scaling_lab.spec import load_spec
+from scaling_lab.spec_files import load_spec
 from scaling_lab.train.trainer import DetectionObjective, make_optimizer
 from scaling_lab.trial import Task
 

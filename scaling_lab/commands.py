@@ -11,7 +11,8 @@ from scaling_lab.measure import Measurement, measure
 from scaling_lab.paper import OFFICIAL_FLOPS, OFFICIAL_PARAMS, EfficientNetRow, paper_row
 from scaling_lab.presets import PRESETS
 from scaling_lab.ranges import POSITIVE_INT, flag
-from scaling_lab.spec import BackboneSpec, DetectorSpec, Spec, load_spec
+from scaling_lab.spec import BackboneSpec, DetectorSpec, Spec
+from scaling_lab.spec_files import load_spec
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:

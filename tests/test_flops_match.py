@@ -9,7 +9,7 @@ import yaml
 
 from scaling_lab import paper
 from scaling_lab.measure import measure
-from scaling_lab.spec import apply_overrides
+from scaling_lab.spec_files import apply_overrides
 from scaling_lab.study import load_study
 from scaling_lab.study.flops_match import group_flops_ratios, solve_coefficient
 from scaling_lab.study.runner import with_data_classes

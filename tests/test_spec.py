@@ -16,7 +16,8 @@ from scaling_lab.scaling import (
     scale_detector,
     snap_resolution,
 )
-from scaling_lab.spec import BackboneSpec, DetectorSpec, Stage, apply_overrides, load_spec, parse_overrides, spec_from_dict
+from scaling_lab.spec import BackboneSpec, DetectorSpec, Stage, spec_from_dict
+from scaling_lab.spec_files import apply_overrides, load_spec, parse_overrides
 
 D0 = preset("efficientdet-d0")
 

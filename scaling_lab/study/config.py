@@ -18,7 +18,8 @@ from typing import Any, Mapping
 
 
 from scaling_lab.errors import ScalingLabError
-from scaling_lab.spec import Spec, deep_merge, load_spec, parse_overrides, read_yaml, spec_from_dict
+from scaling_lab.spec import Spec, deep_merge, spec_from_dict
+from scaling_lab.spec_files import load_spec, parse_overrides, read_yaml
 from scaling_lab.study.search_space import SearchSpace, load_search_space
 from scaling_lab.trial import Budget, Task
 

@@ -34,7 +34,8 @@ from typing import Any, Mapping
 
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.scaling import compound_multipliers, scale_backbone, scale_detector, snap_resolution
-from scaling_lab.spec import DetectorSpec, Spec, apply_overrides, read_yaml
+from scaling_lab.spec import DetectorSpec, Spec
+from scaling_lab.spec_files import apply_overrides, read_yaml
 
 COEFFICIENTS = ("alpha", "beta", "gamma", "phi")
 PARAMETER_TYPES = ("choice", "grid", "int", "float", "log_float", "derived", "best")

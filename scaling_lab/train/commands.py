@@ -16,7 +16,7 @@ from typing import Any
 
 from scaling_lab.files import check_output_folder
 from scaling_lab.ranges import BUDGET_RANGES, SEED_RANGE, TASK_RANGES, flag
-from scaling_lab.spec import load_spec
+from scaling_lab.spec_files import load_spec
 from scaling_lab.trial import BAD_DATA, Budget, Task
 
 
