@@ -125,7 +125,10 @@ class CandidateRunner:
             return finish("rejected", f"rejected by constraint: {reason}")
 
         if time_latency:
-            reason = self.record_latency(record, spec)
+            try:
+                reason = self.record_latency(record, spec)
+            except Exception as exc:  # noqa: BLE001 - e.g. out of memory while timing: this candidate fails alone
+                reason = f"latency timing failed: {type(exc).__name__}: {exc}"
             if reason:
                 return finish("failed", reason)
 

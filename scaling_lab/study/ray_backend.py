@@ -14,6 +14,7 @@ finished candidate alone once the group's trials have stopped, then tells Optuna
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -21,6 +22,7 @@ import pickle
 import time
 from typing import Any, Mapping
 
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search import Searcher
@@ -30,7 +32,7 @@ from scaling_lab.spec import spec_from_dict
 from scaling_lab.study.candidate import CandidateRunner, Outcome, cost_counts
 from scaling_lab.study.config import Group, StudyConfig
 from scaling_lab.study.ray_output import quiet_ray
-from scaling_lab.study.session import StudySession, check_rejections, store_record
+from scaling_lab.study.session import StudySession, check_rejections, tell_once
 from scaling_lab.study.storage import Heartbeat
 
 MAX_TRIALS_PER_GPU = 8
@@ -100,7 +102,7 @@ class StudySearcher(Searcher):
         trial = self.trials.pop(trial_id, None)
         if trial is None:
             return
-        record = json.loads(result["record"]) if result and "record" in result else {}
+        record = json.loads(result["record"]) if result and "record" in result else dict(trial.user_attrs.get("record") or {})
         if error:
             record.update(state="failed", error=f"the Ray trial failed {RAY_TRIAL_RETRIES + 1} times (worker died or raised); see its logs under {self.session.config.run_dir / 'ray'}")
         elif record.get("state", "running") == "running":
@@ -114,21 +116,34 @@ class StudySearcher(Searcher):
     def finish(self, trial: Any, outcome: Outcome) -> None:
         if outcome.state == "complete":
             outcome = self.session.candidates.with_objectives(outcome)
-        store_record(trial, outcome.record)
         state = {"complete": TrialState.COMPLETE, "failed": TrialState.FAIL}.get(outcome.state, TrialState.PRUNED)
-        self.session.study.tell(trial, outcome.values, state=state)
+        tell_once(self.session, trial, outcome.record, outcome.values, state)
         self.heartbeat.discard(trial._trial_id)
         self.session.refresh()
 
+    def abandon(self) -> None:
+        """Fail (as interrupted, so they are enqueued again) the trials Tune stopped without an
+        outcome, e.g. on Ctrl-C."""
+        left = list(self.trials.values()) + [trial for trial, _ in self.awaiting_latency]
+        for trial in left:
+            with contextlib.suppress(UpdateFinishedTrialError, ValueError):
+                self.session.study.tell(trial, state=TrialState.FAIL)
+            self.heartbeat.discard(trial._trial_id)
+        self.trials.clear()
+        self.awaiting_latency.clear()
+
     def time_latencies(self) -> None:
         """Time each finished candidate alone, here, now that no trial of the group runs."""
-        for trial, outcome in self.awaiting_latency:
-            reason = self.session.candidates.record_latency(outcome.record, spec_from_dict(outcome.record["spec"]))
+        while self.awaiting_latency:
+            trial, outcome = self.awaiting_latency.pop(0)
+            try:
+                reason = self.session.candidates.record_latency(outcome.record, spec_from_dict(outcome.record["spec"]))
+            except Exception as exc:  # noqa: BLE001 - this candidate fails alone
+                reason = f"latency timing failed: {type(exc).__name__}: {exc}"
             if reason:
                 outcome.record.update(state="failed", error=reason)
                 outcome = Outcome("failed", outcome.record)
             self.finish(trial, outcome)
-        self.awaiting_latency.clear()
 
 
 def estimated_training_bytes(costs: Mapping[str, float], batch_size: int) -> float:
@@ -182,8 +197,10 @@ def _scheduler(config: StudyConfig):
 def _fit_group(session: StudySession, group: Group, heartbeat: Heartbeat, cluster_gpus: float) -> None:
     """Run the group's trials with Ray Tuners until it is settled (waiting for other workers)."""
     config = session.config
-    session.reconcile(group)
-    while not session.settled(group):
+    while True:
+        session.reconcile(group)  # interrupted trials and missing seeds wait again, so the group is not settled
+        if session.settled(group):
+            return
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, runner=session.candidates), _resources(config, session.base_costs, cluster_gpus)
         )
@@ -200,6 +217,9 @@ def _fit_group(session: StudySession, group: Group, heartbeat: Heartbeat, cluste
         )
         before = session.finished_count()
         tuner.fit()
+        if searcher.trials:  # Tune returns early on Ctrl-C, leaving trials without an outcome
+            searcher.abandon()
+            raise KeyboardInterrupt
         searcher.time_latencies()
         check_rejections(session, group)
         if session.finished_count() == before and not session.settled(group):

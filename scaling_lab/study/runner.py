@@ -10,6 +10,7 @@ Several workers may run one study on a shared database; see ``session`` for what
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from dataclasses import replace
@@ -18,12 +19,13 @@ from typing import Any, Mapping, TextIO
 
 import optuna
 import pandas as pd
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.study.candidate import TrialFunction
 from scaling_lab.study.config import Group, StudyConfig
-from scaling_lab.study.session import StudySession, check_rejections, store_record
+from scaling_lab.study.session import StudySession, check_rejections, tell_once
 from scaling_lab.study.storage import Heartbeat
 
 def _run_one(session: StudySession, trial: optuna.Trial, space: Any, values: dict[str, Any], seed: int, cid: str) -> None:
@@ -42,13 +44,12 @@ def _run_one(session: StudySession, trial: optuna.Trial, space: Any, values: dic
     try:
         with Heartbeat(session.storage, [trial._trial_id]):
             outcome = session.candidates.run(space, values, seed, cid, on_epoch, time_latency=True)
-        store_record(trial, outcome.record)
         state = {"complete": TrialState.COMPLETE, "failed": TrialState.FAIL}.get(outcome.state, TrialState.PRUNED)
-        session.study.tell(trial, outcome.values, state=state)
-        told = True
+        told = tell_once(session, trial, outcome.record, outcome.values, state)
     finally:
         if not told:  # interrupted (Ctrl-C): no record state, so the next plan enqueues it again
-            session.study.tell(trial, state=TrialState.FAIL)
+            with contextlib.suppress(UpdateFinishedTrialError, ValueError):
+                session.study.tell(trial, state=TrialState.FAIL)
 
 
 def work_through(session: StudySession, group: Group) -> None:
@@ -58,6 +59,7 @@ def work_through(session: StudySession, group: Group) -> None:
     while True:
         started = session.next_trial(group)
         if started is None:
+            session.reconcile(group)  # interrupted trials and missing seeds wait again, so the group is not settled
             if session.settled(group):
                 return
             session.wait(group)
@@ -100,6 +102,11 @@ def run_study(
     backend = backend or config.backend
     if address and backend != "ray":
         raise ScalingLabError(f"--address {address!r} attaches to a Ray cluster; it needs --backend ray")
+    if address and address.startswith("ray://"):
+        raise ScalingLabError(
+            f"--address {address!r}: the Ray client cannot run the study's driver (it plans and records trials); "
+            "run scaling-lab on a node of the cluster with --address auto or HOST:PORT"
+        )
     config = with_data_classes(config)
     previous_verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # progress lines say what happened to each trial

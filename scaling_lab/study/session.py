@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 import optuna
 import pandas as pd
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from scaling_lab.errors import ScalingLabError
@@ -72,6 +73,22 @@ def store_record(trial: optuna.Trial, record: dict[str, Any]) -> None:
     trial.set_user_attr("record", record)
     if record.get("error"):
         trial.set_user_attr("reason", str(record["error"])[:REASON_CHARS])
+
+
+def tell_once(session: "StudySession", trial: optuna.Trial, record: dict[str, Any], values: list[float] | None, state: TrialState) -> bool:
+    """Record and tell a trial's outcome. A trial failed meanwhile as stale (its heartbeats did
+    not reach the database for the grace period) has been enqueued again: its outcome here is
+    dropped with a note, not an error, and the re-run counts."""
+    try:
+        store_record(trial, record)
+        session.study.tell(trial, values, state=state)
+    except (UpdateFinishedTrialError, ValueError) as exc:
+        if session.study._storage.get_trial(trial._trial_id).state.is_finished():
+            if session.out is not None:
+                print(f"[{session.config.name}] trial {trial.number} was failed as stale while it ran (heartbeats lost); its re-run counts", file=session.out)
+            return True
+        raise ScalingLabError(f"{session.config.study_file}: trial {trial.number} could not be recorded ({exc})") from None
+    return True
 
 
 class StudySession:
@@ -196,7 +213,12 @@ class StudySession:
                 stored = self.study.user_attrs.get(key)
                 if stored is None:
                     winner = decide_winner(self.table(), group_name, self.winner_rule(group), self.config.study_file)
-                    stored = {"config_id": winner.config_id, "score": winner.score, "values": {k: plain(v) for k, v in winner.values.items()}}
+                    ran = next(  # the values as the trials ran them (a table column may have changed their type)
+                        (t.user_attrs["record"]["params"] for t in self._group_trials(group)
+                         if t.user_attrs.get("config_id") == winner.config_id and "params" in t.user_attrs.get("record", {})),
+                        winner.values,
+                    )
+                    stored = {"config_id": winner.config_id, "score": winner.score, "values": {k: plain(v) for k, v in ran.items()}}
                     self.study.set_user_attr(key, stored)
         return stored["values"]
 
@@ -288,7 +310,13 @@ class StudySession:
                 with warnings.catch_warnings():  # heartbeats are ours (storage.Heartbeat), not Study.optimize's
                     warnings.filterwarnings("ignore", message="Heartbeat of storage")
                     trial = self.study.ask()
-                started = self._start(trial, group, known)
+                if storage.heartbeats_enabled(self.storage):
+                    self.storage.record_heartbeat(trial._trial_id)  # stale, not stuck, if this worker dies now
+                try:
+                    started = self._start(trial, group, known)
+                except BaseException:
+                    self.study.tell(trial, state=TrialState.FAIL)  # interrupted: enqueued again by the next plan
+                    raise
                 if started is not None:
                     return (trial, *started)
         raise ScalingLabError(

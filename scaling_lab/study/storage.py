@@ -50,8 +50,15 @@ def heartbeat_interval() -> int:
 
 def heartbeat_grace() -> int:
     """Seconds without a heartbeat after which a running trial is failed and run again
-    (``SCALING_LAB_HEARTBEAT_GRACE``, default 120)."""
-    return _seconds("SCALING_LAB_HEARTBEAT_GRACE", DEFAULT_HEARTBEAT_GRACE_S)
+    (``SCALING_LAB_HEARTBEAT_GRACE``, default 120); more than two intervals, so one late beat
+    does not fail a live trial."""
+    grace = _seconds("SCALING_LAB_HEARTBEAT_GRACE", DEFAULT_HEARTBEAT_GRACE_S)
+    if grace <= 2 * heartbeat_interval():
+        raise ScalingLabError(
+            f"environment variable SCALING_LAB_HEARTBEAT_GRACE={grace}: must be more than twice "
+            f"SCALING_LAB_HEARTBEAT_INTERVAL={heartbeat_interval()} seconds"
+        )
+    return grace
 
 
 def is_local(url: str) -> bool:
