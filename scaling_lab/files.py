@@ -1,13 +1,17 @@
 """Writing files so that a reader never sees half of one: every file of a run folder, report,
 checkpoint and cache goes through ``atomic_write`` (a temporary file in the same folder, then a
-rename, which is atomic on POSIX file systems)."""
+rename, which is atomic on POSIX file systems); tables are read from one snapshot
+(``read_parquet``)."""
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
 from typing import Callable
+
+import pandas as pd
 
 from scaling_lab.errors import ScalingLabError
 
@@ -50,3 +54,9 @@ def check_output_folder(path: Path, what: str) -> Path:
     except OSError as exc:
         raise ScalingLabError(f"{what} {path}: cannot be written ({exc.strerror or exc}); give a folder you can write") from None
     return path
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    """A parquet table read from one snapshot of the file: its bytes are read at once, so a table
+    replaced (atomically) while it is read is never seen half old, half new."""
+    return pd.read_parquet(io.BytesIO(Path(path).read_bytes()))

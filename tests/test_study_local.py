@@ -13,6 +13,7 @@ import yaml
 
 from scaling_lab import cli
 from scaling_lab.errors import ScalingLabError
+from scaling_lab.files import read_parquet
 from scaling_lab.study import load_study, run_dir_for, run_study
 from scaling_lab.study.derive import derive_coefficients
 sys.path.insert(0, str(Path(__file__).parent))
@@ -179,7 +180,7 @@ def test_sigkill_mid_study_then_resume(tmp_path):
         while time.time() < deadline:
             time.sleep(0.2)
             table = config.run_dir / "results.parquet"
-            if table.exists() and (pd.read_parquet(table)["state"] == "complete").sum() >= 2:
+            if table.exists() and (read_parquet(table)["state"] == "complete").sum() >= 2:
                 break
         time.sleep(0.5)  # land inside a trial
     finally:

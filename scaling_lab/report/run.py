@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from scaling_lab.errors import ScalingLabError
+from scaling_lab.files import read_parquet
 from scaling_lab.spec import BackboneSpec, DetectorSpec
 
 STATES = ("complete", "pruned", "failed", "rejected", "running")
@@ -73,7 +74,7 @@ def load_run(run_dir: str | Path) -> Run:
 def _read_results(directory: Path) -> tuple[Path, pd.DataFrame]:
     parquet, csv = directory / "results.parquet", directory / "results.csv"
     if parquet.is_file():
-        return parquet, pd.read_parquet(parquet)
+        return parquet, read_parquet(parquet)
     if csv.is_file():
         return csv, pd.read_csv(csv, keep_default_na=False, na_values=[""])
     raise ScalingLabError(f"{directory}: no results.parquet or results.csv yet; the study has recorded no trials")

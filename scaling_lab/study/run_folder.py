@@ -21,7 +21,7 @@ import pandas as pd
 
 from scaling_lab.documents import DocumentError, parse_json
 from scaling_lab.errors import ScalingLabError
-from scaling_lab.files import atomic_write, atomic_write_text
+from scaling_lab.files import atomic_write, atomic_write_text, read_parquet
 from scaling_lab.study import results
 from scaling_lab.study.config import DIRECTIONS, load_study, run_dir_for
 from scaling_lab.trial import TASK_KINDS
@@ -75,7 +75,7 @@ def table_problem(frame: pd.DataFrame) -> str | None:
 
 def _read_table(path: Path) -> pd.DataFrame:
     if path.name == PARQUET:
-        return pd.read_parquet(path)
+        return read_parquet(path)
     return pd.read_csv(path, keep_default_na=False, na_values=[""])
 
 

@@ -23,6 +23,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from scaling_lab.errors import ScalingLabError
+from scaling_lab.files import read_parquet
 from scaling_lab.study.candidate import TrialFunction
 from scaling_lab.study.config import Group, StudyConfig
 from scaling_lab.study.session import StudySession, check_rejections, tell_once
@@ -139,7 +140,7 @@ def open_results(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
         raise ScalingLabError(f"{info_path}: missing key(s) {', '.join(missing)}; run the study again to rewrite it")
     table_path = run_dir / "results.parquet"
     try:
-        frame = pd.read_parquet(table_path) if table_path.is_file() else pd.DataFrame()
+        frame = read_parquet(table_path) if table_path.is_file() else pd.DataFrame()
     except (OSError, ValueError) as exc:
         raise ScalingLabError(f"{table_path}: unreadable ({exc}); run the study again to rebuild it from its storage") from None
     return info, frame
