@@ -188,3 +188,28 @@ def write_run_folder(study: optuna.Study, run_dir: Path, frame: pd.DataFrame, in
     write_table(run_dir, frame)
     study.set_user_attr(INFO_ATTR, json.loads(json.dumps(info, default=str)))
     write_json(run_dir / "study.json", info)
+
+
+def progress_line(frame: pd.DataFrame, planned: int, config: StudyConfig) -> str:
+    counts = frame["state"].value_counts().to_dict() if not frame.empty else {}
+    done = sum(counts.get(s, 0) for s in ("complete", "pruned", "failed", "rejected"))
+    line = (
+        f"[{config.name}] {done}/{planned} done: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, "
+        f"{counts.get('failed', 0)} failed, {counts.get('rejected', 0)} rejected; {counts.get('running', 0)} running"
+    )
+    best = best_trials(frame, config, 1)
+    if not best.empty:
+        objective = config.objectives[0]
+        line += f"; best {objective.metric} {best.iloc[0][objective.metric]:.4g} (trial {int(best.iloc[0]['trial_id'])})"
+    return line
+
+
+def best_trials(frame: pd.DataFrame, config: StudyConfig, count: int = 5) -> pd.DataFrame:
+    """Complete trials ranked by the first objective."""
+    if frame.empty:
+        return frame
+    objective = config.objectives[0]
+    done = frame[frame["state"] == "complete"]
+    if objective.metric not in done.columns or done.empty:
+        return done.head(0)
+    return done.sort_values(objective.metric, ascending=objective.direction == "minimize").head(count)

@@ -387,7 +387,7 @@ class StudySession:
         info.update(definition=self.definition, definition_hash=definition_hash(self.definition), seeds=list(self.config.seeds), base_costs=self.base_costs)
         results.write_run_folder(self.study, self.config.run_dir, frame, info)
         if self.out is not None:
-            print(progress_line(frame, self.planned_total, self.config), file=self.out, flush=True)
+            print(results.progress_line(frame, self.planned_total, self.config), file=self.out, flush=True)
         return frame
 
     def is_finished(self) -> bool:
@@ -402,28 +402,3 @@ def check_rejections(session: StudySession, group: Group) -> None:
             f"{group.space.source}: constraints: the last {MAX_CONSECUTIVE_REJECTIONS} sampled candidates were all "
             "rejected; widen the constraint's range or narrow the parameters to where it holds"
         )
-
-
-def progress_line(frame: pd.DataFrame, planned: int, config: StudyConfig) -> str:
-    counts = frame["state"].value_counts().to_dict() if not frame.empty else {}
-    done = sum(counts.get(s, 0) for s in ("complete", "pruned", "failed", "rejected"))
-    line = (
-        f"[{config.name}] {done}/{planned} done: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, "
-        f"{counts.get('failed', 0)} failed, {counts.get('rejected', 0)} rejected; {counts.get('running', 0)} running"
-    )
-    best = best_trials(frame, config, 1)
-    if not best.empty:
-        objective = config.objectives[0]
-        line += f"; best {objective.metric} {best.iloc[0][objective.metric]:.4g} (trial {int(best.iloc[0]['trial_id'])})"
-    return line
-
-
-def best_trials(frame: pd.DataFrame, config: StudyConfig, count: int = 5) -> pd.DataFrame:
-    """Complete trials ranked by the first objective."""
-    if frame.empty:
-        return frame
-    objective = config.objectives[0]
-    done = frame[frame["state"] == "complete"]
-    if objective.metric not in done.columns or done.empty:
-        return done.head(0)
-    return done.sort_values(objective.metric, ascending=objective.direction == "minimize").head(count)
