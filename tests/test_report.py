@@ -19,6 +19,7 @@ from scaling_lab.study.search_space import config_id
 from scaling_lab.report import write_report
 from scaling_lab.report import analysis
 from scaling_lab.report.analysis import ablation_table, compound_grid, configurations, derived_coefficients, fusion_pairs
+from scaling_lab.report.findings import figure_lines
 from scaling_lab.report.run import load_run
 from scaling_lab.spec import DetectorSpec
 
@@ -383,3 +384,5 @@ def test_proxy_findings_markdown(run_dir: Path, tmp_path: Path):
     assert "Weighted (fast) − unweighted (sum) BiFPN:" in findings and "(paper: +0.45 AP)" in findings
     assert findings.count("| 1 | ") == 3 and "| +2.1 |" in findings  # compound vs depth at phi 1, paper 81.1 − 79.0
     assert all(verdict in findings for verdict in ("reference", "better"))
+    assert "No figures" in findings  # png=False; with PNGs each is shown under its title:
+    assert figure_lines([("figures/figure-1.png", "Pareto front")]) == ["### Pareto front", "", "![Pareto front](figures/figure-1.png)", ""]

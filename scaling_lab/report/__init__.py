@@ -48,22 +48,25 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, png: bo
     atomic_write_text(index, page.render(header(run)))
     atomic_write(out / "results.csv", lambda temporary: run.trials.to_csv(temporary, index=False))
     atomic_write(out / "configurations.csv", lambda temporary: configurations(run).to_csv(temporary, index=False))
+    pngs = _write_pngs(page.figures, out / "figures") if png else []
     if run.study.get("experiment") == "proxy_findings":
-        atomic_write_text(out / "findings.md", findings_markdown(run))
-    if png:
-        _write_pngs(page.figures, out / "figures")
+        atomic_write_text(out / "findings.md", findings_markdown(run, [(f"figures/{path.name}", title) for path, title in pngs]))
     return index
 
 
-def _write_pngs(figures: list, folder: Path) -> None:
+def _write_pngs(figures: list, folder: Path) -> list[tuple[Path, str]]:
+    """Each figure as a PNG; returns (path, title) of those written (none when kaleido cannot run)."""
     if importlib.util.find_spec("kaleido") is None:
         log.warning("PNG figures skipped: kaleido is not installed. To get them: %s.", PNG_HINT)
-        return
+        return []
     folder.mkdir(exist_ok=True)
+    written = []
     for figure_id, figure in figures:
         try:
             figure.write_image(folder / f"{figure_id}.png", width=1100, height=500)
         except Exception as exc:  # kaleido's errors (no Chrome, a crashed browser) differ between versions
             first_line = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             log.warning("PNG figures skipped: kaleido failed (%s). To get them: %s; or pass --no-png.", first_line[:160], PNG_HINT)
-            return
+            return []
+        written.append((folder / f"{figure_id}.png", figure.layout.title.text or figure_id))
+    return written

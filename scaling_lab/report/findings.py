@@ -13,7 +13,6 @@ from scaling_lab.report import analysis, comparisons
 from scaling_lab.report.figures import scale
 from scaling_lab.report.run import Run
 
-FIGURES = "Figures: the report's PNGs (`scaling-lab report` writes them under `figures/`)."
 
 
 def _row_text(comparison_row: pd.Series, factor: float) -> str:
@@ -71,7 +70,14 @@ def scaling_lines(run: Run, configs: pd.DataFrame) -> list[str]:
     return lines
 
 
-def findings_markdown(run: Run) -> str:
+def figure_lines(figures: list[tuple[str, str]]) -> list[str]:
+    if not figures:
+        return ["No figures: `scaling-lab report` writes them as PNGs when kaleido can find a Chromium."]
+    return [line for path, title in figures for line in (f"### {title}", "", f"![{title}]({path})", "")]
+
+
+def findings_markdown(run: Run, figures: list[tuple[str, str]] = ()) -> str:
+    """The findings page; ``figures`` are (relative path, title) of the report's PNGs to show."""
     configs = analysis.configurations(run)
     complete = run.complete
     started = pd.to_datetime(run.trials.get("started"), errors="coerce", utc=True).min()
@@ -95,7 +101,8 @@ def findings_markdown(run: Run) -> str:
         "",
         *scaling_lines(run, configs),
         "",
-        FIGURES,
+        "## Figures",
         "",
+        *figure_lines(list(figures)),
     ]
     return "\n".join(parts)
