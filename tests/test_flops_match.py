@@ -68,14 +68,25 @@ def test_solving_resolution_against_measured_flops():
     assert 1.38 <= gamma <= 1.5 and ratios[1] == pytest.approx(1.96, abs=0.04)  # 224 = the nearest stride-32 step to 160·√2
 
 
-@pytest.mark.parametrize("rule, worst_miss", [("width", 0.07), ("depth", 0.07), ("resolution", 0.13)])
-def test_compound_grid_single_dimension_rules_are_solved_against_measured_flops(rule, worst_miss):
-    """``compound_grid --profile cpu``: each rule at phi 1 and 2 lands near 2^phi as measured (the
-    nominal sqrt 2 width measured 1.41x at phi 1). Resolution moves in stride-32 steps from 128,
-    so 2.25x (192) is its nearest to 2x; the others land within 7 %."""
-    config = with_data_classes(load_study(ROOT / "studies" / "compound_grid.yaml", profile="cpu"))
+@pytest.mark.parametrize(
+    "profile, rule, worst_miss",
+    [
+        ("cpu", "width", 0.07),
+        ("cpu", "depth", 0.07),
+        ("cpu", "resolution", 0.13),
+        pytest.param(None, "width", 0.03, marks=pytest.mark.slow),
+        pytest.param(None, "depth", 0.03, marks=pytest.mark.slow),
+        pytest.param(None, "resolution", 0.13, marks=pytest.mark.slow),
+    ],
+)
+def test_compound_grid_single_dimension_rules_are_solved_against_measured_flops(profile, rule, worst_miss):
+    """``compound_grid``: each rule lands near 2^phi at every phi as measured (the nominal sqrt 2
+    width measured 1.41x at phi 1 of the cpu profile). Resolution moves in stride steps (32 px
+    from the cpu profile's 128, 128 px from D0's 512), so 2.25x is its nearest to 2x; width and
+    depth land within 7 % (cpu) and 3 % (D0)."""
+    config = with_data_classes(load_study(ROOT / "studies" / "compound_grid.yaml", profile=profile))
     (group,) = [g for g in config.groups if g.name == rule]
     rows = group_flops_ratios(config.base, group.space)
-    assert [row["phi"] for row in rows] == [1, 2]
+    assert [row["phi"] for row in rows] == ([1, 2] if profile == "cpu" else [1, 2, 3])
     misses = [abs(row["flops_ratio"] / row["target"] - 1) for row in rows]
-    assert max(misses) <= worst_miss, f"{rule}: measured {[round(row['flops_ratio'], 3) for row in rows]}x against 2x, 4x"
+    assert max(misses) <= worst_miss, f"{rule}: measured {[round(row['flops_ratio'], 3) for row in rows]}x against 2^phi"
