@@ -14,7 +14,6 @@ from scaling_lab.report.figures import scale
 from scaling_lab.report.run import Run
 
 
-
 def _row_text(comparison_row: pd.Series, factor: float) -> str:
     return comparisons.difference_text(comparison_row, factor)
 
