@@ -19,6 +19,7 @@ from scaling_lab.study.search_space import config_id
 from scaling_lab.report import write_report
 from scaling_lab.report import analysis
 from scaling_lab.report.analysis import ablation_table, compound_grid, configurations, derived_coefficients, fusion_pairs
+from scaling_lab.report.figures import colour_labels
 from scaling_lab.report.findings import figure_lines
 from scaling_lab.report.run import load_run
 from scaling_lab.spec import DetectorSpec
@@ -217,7 +218,9 @@ def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path):
     configurations_drawn = len(configurations(load_run(run_dir)))
     for front in fronts:  # every configuration has its error bar; a legend names the groups and the front
         assert front["errorbars"] == configurations_drawn
-        assert front["legend"] == 1 + 5 + 5  # Pareto front, the ablation's 5 feature networks, compound, depth, grid, resolution, width
+        # Pareto front; the ablation's 7 networks with their fusion (fpn, panet, nasfpn, fcfpn with sum,
+        # bifpn with sum, fast, softmax); compound, depth, grid, resolution, width
+        assert front["legend"] == 1 + 7 + 5
     assert scaling["errorbars"] >= 16 and scaling["legend"] == 4
 
 
@@ -386,3 +389,22 @@ def test_proxy_findings_markdown(run_dir: Path, tmp_path: Path):
     assert all(verdict in findings for verdict in ("reference", "better"))
     assert "No figures" in findings  # png=False; with PNGs each is shown under its title:
     assert figure_lines([("figures/figure-1.png", "Pareto front")]) == ["### Pareto front", "", "![Pareto front](figures/figure-1.png)", ""]
+
+
+def test_points_are_coloured_by_what_differs_within_a_group():
+    configs = pd.DataFrame(
+        {
+            "group": ["ablation"] * 4 + ["compound"] * 2,
+            "feature_network": ["fpn", "panet", "bifpn", "bifpn", "bifpn", "bifpn"],
+            "fusion": ["sum", "sum", "sum", "fast", "fast", "fast"],
+        }
+    )
+    assert colour_labels(configs).tolist() == [
+        "group ablation · fpn · sum",
+        "group ablation · panet · sum",
+        "group ablation · bifpn · sum",
+        "group ablation · bifpn · fast",
+        "group compound · bifpn · fast",
+        "group compound · bifpn · fast",
+    ]
+    assert colour_labels(configs[configs["group"] == "compound"]).tolist() == ["group compound"] * 2

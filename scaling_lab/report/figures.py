@@ -71,10 +71,12 @@ def error_bars(rows: pd.DataFrame, metric: str) -> dict | None:
 
 
 def colour_labels(configs: pd.DataFrame) -> pd.Series:
-    """What tells points apart: the group, with the feature network where a group holds several."""
+    """What tells points apart: the group, with the feature network and the fusion where a group
+    holds several (BiFPN sum and fast in one ablation group)."""
     labels = "group " + configs["group"].replace("", "(none)").astype(str)
-    if "feature_network" in configs.columns and (configs.groupby("group")["feature_network"].nunique() > 1).any():
-        labels = labels + " · " + configs["feature_network"].astype(str)
+    for field in ("feature_network", "fusion"):
+        if field in configs.columns and (configs.groupby("group")[field].nunique() > 1).any():
+            labels = labels + " · " + configs[field].astype(str)
     return labels
 
 
