@@ -1,3 +1,4 @@
+import io
 import sys
 from pathlib import Path
 
@@ -50,3 +51,16 @@ def test_ray_backend_on_two_nodes(tmp_path, two_node_cluster):
     assert finished and all(sorted(t.intermediate_values) == [1, 2] for t in finished)
     # The same command again: the Optuna study is complete, nothing runs twice.
     assert len(run_study(config, backend="ray", address=two_node_cluster.address, trial_function=fake_trial, out=None)) == 6
+
+
+def test_trials_awaiting_their_latency_are_reported_as_they_finish_training(tmp_path, two_node_cluster):
+    """A group's results are told once its trials stop (latency is timed alone, by the driver);
+    until then each trained trial still gets a line, so a long group does not look idle."""
+    path = write_study(tmp_path, repeats=2, search_space={"parameters": {"feature_network": ["fpn"]}}, task={"latency": True})
+    out = io.StringIO()
+    frame = run_study(load_study(path), backend="ray", address=two_node_cluster.address, trial_function=fake_trial, out=out)
+    assert frame["state"].tolist() == ["complete", "complete"] and frame["latency_ms"].gt(0).all(), frame["error"].tolist()
+    lines = out.getvalue().splitlines()
+    trained = [i for i, line in enumerate(lines) if " trained (AP " in line and "latency is timed alone" in line]
+    told = [i for i, line in enumerate(lines) if "2/2 done" in line]
+    assert len(trained) == 2 and told and max(trained) < min(told), lines

@@ -110,6 +110,15 @@ class StudySearcher(Searcher):
         outcome = Outcome(record["state"], record)
         if outcome.state == "complete" and self.session.config.needs_latency:
             self.awaiting_latency.append((trial, outcome))  # timed alone once the group's trials stop
+            if self.session.out is not None:
+                metrics = record.get("metrics") or {}
+                score = f" ({self.metric} {metrics[self.metric]:.4g})" if isinstance(metrics.get(self.metric), (int, float)) else ""
+                print(
+                    f"[{self.session.config.name}] trial {trial.number} trained{score}; recorded once the group's trials stop "
+                    f"and its latency is timed alone ({len(self.awaiting_latency)} waiting, {len(self.trials)} training)",
+                    file=self.session.out,
+                    flush=True,
+                )
             return
         self.finish(trial, outcome)
 
