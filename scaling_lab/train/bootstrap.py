@@ -80,15 +80,24 @@ def _precision(category: _Category, weights: np.ndarray, recall_thresholds: np.n
         precision = np.flip(np.maximum.accumulate(np.flip(precision, axis=1), axis=1), axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             recall = np.nan_to_num(true / ground_truth[:, None], nan=0.0)
-        # one searchsorted for all replicates: offset each row's (non-decreasing) recall by 2 x its row
         count = positions.size
-        offsets = 2.0 * np.arange(replicates)
-        found = np.searchsorted((recall + offsets[:, None]).ravel(), (recall_thresholds[None, :] + offsets[:, None]).ravel(), side="left")
-        found = found.reshape(replicates, -1) - np.arange(replicates)[:, None] * count
+        found = _first_reaching(recall, recall_thresholds)
         values = np.take_along_axis(precision, np.minimum(found, count - 1), axis=1)
         result[:, t] = np.where(found < count, values, 0.0)
     result[ground_truth == 0] = np.nan
     return result
+
+
+def _first_reaching(recall: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Per row of non-decreasing ``recall``, COCOeval's ``searchsorted(recall, thresholds, "left")``
+    (how many recalls lie below each threshold), exactly and for all rows at once: each recall is
+    ranked among the shared thresholds (``k`` = thresholds at or below it; it lies below threshold
+    ``j`` iff ``k <= j``), then counted per row in integers. (Shifting each row by an offset into
+    one sorted array rounds: recall 0.7 once passed the threshold 0.7000000000000001.)"""
+    rows, bins = recall.shape[0], thresholds.size + 1
+    ranks = np.searchsorted(thresholds, recall, side="right") + bins * np.arange(rows)[:, None]
+    counts = np.bincount(ranks.ravel(), minlength=rows * bins).reshape(rows, bins)
+    return np.cumsum(counts, axis=1)[:, : thresholds.size]
 
 
 def _ap(categories: list[_Category], weights: np.ndarray, evaluator: COCOeval) -> tuple[np.ndarray, np.ndarray]:
