@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 
 from scaling_lab.errors import ScalingLabError
+from scaling_lab.ranges import Range
 from scaling_lab.spec import Spec, deep_merge, spec_from_dict
 from scaling_lab.spec_files import load_spec, parse_overrides, read_yaml
 from scaling_lab.study.search_space import SearchSpace, load_search_space
@@ -82,6 +83,33 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class Repeats:
+    """Seeds per configuration: fixed (``repeats: 3``, ``min == max``) or adaptive
+    (``repeats: {min, max, until: resolved, margin, budget}``: one more seed per round for the
+    configurations of comparisons still open; see ``scaling_lab.study.adaptive``). ``margin`` is
+    in the objective's own unit (AP 0.01 is one point); the budget counts trials or hours of
+    trial compute (the sum of trial wall times)."""
+
+    min: int
+    max: int
+    until: str | None = None
+    margin: float = 0.0
+    budget_trials: int | None = None
+    budget_hours: float | None = None
+
+    @property
+    def adaptive(self) -> bool:
+        return self.until is not None
+
+    def definition(self) -> dict[str, Any]:
+        """The part that decides results (the budget only decides how much runs)."""
+        return {"min": self.min, "max": self.max, "until": self.until, "margin": self.margin}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.definition(), "budget": {"trials": self.budget_trials, "hours": self.budget_hours}}
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     name: str
     experiment: str | None
@@ -92,7 +120,7 @@ class StudyConfig:
     objectives: tuple[Objective, ...]
     sampler: Sampler
     early_stopping: EarlyStopping
-    seeds: tuple[int, ...]
+    seeds: tuple[int, ...]  # the seeds every configuration gets (an adaptive study's first ``repeats.min``)
     resources: Resources
     backend: str
     storage: str | None
@@ -101,6 +129,11 @@ class StudyConfig:
     derive_group: str | None
     study_file: str
     study_yaml: str
+    repeats: Repeats | None = None  # None: ``Repeats(len(seeds), len(seeds))``
+
+    @property
+    def repeat_plan(self) -> Repeats:
+        return self.repeats or Repeats(len(self.seeds), len(self.seeds))
 
     @property
     def storage_url(self) -> str:
@@ -227,6 +260,32 @@ def _parse_groups(where: str, data: Mapping[str, Any], base: Spec, study_dir: Pa
     return tuple(groups)
 
 
+def _number(where: str, key: str, value: Any, valid: "Range") -> float:
+    if not valid.contains(value):
+        raise _fail(where, f"{key}: expected {valid.describe()}, got {value!r}")
+    return value
+
+
+def _parse_repeats(where: str, raw: Any) -> Repeats:
+    """``repeats: 3`` (fixed) or ``repeats: {min: 3, max: 12, until: resolved, margin: 0.01,
+    budget: {trials: 60} or {hours: 1.5}}`` (adaptive)."""
+    if not isinstance(raw, Mapping):
+        count = _integer(where, "repeats", raw, 1)
+        return Repeats(count, count)
+    data = _mapping(where, "repeats", raw, ("min", "max", "until", "margin", "budget"))
+    for key in ("min", "max"):
+        if key not in data:
+            raise _fail(where, f"repeats.{key}: missing; adaptive repeats need min and max seeds, e.g. {{min: 3, max: 12, until: resolved}}")
+    low = _integer(where, "repeats.min", data["min"], 2)  # one seed says nothing about seed noise
+    high = _integer(where, "repeats.max", data["max"], low)
+    until = _choice(where, "repeats.until", data.get("until", "resolved"), ("resolved",))
+    margin = float(_number(where, "repeats.margin", data.get("margin", 0.0), Range(0)))
+    budget = _mapping(where, "repeats.budget", data.get("budget"), ("trials", "hours"))
+    trials = _integer(where, "repeats.budget.trials", budget["trials"], 1) if "trials" in budget else None
+    hours = float(_number(where, "repeats.budget.hours", budget["hours"], Range(0, low_open=True))) if "hours" in budget else None
+    return Repeats(low, high, until, margin, trials, hours)
+
+
 def default_run_dir(name: str, profile: str | None) -> Path:
     """``runs/<name>/``, or ``runs/<name>-<profile>/`` for a profile: a profile is another study
     definition, so its results never share a run folder with the full study's."""
@@ -281,7 +340,7 @@ def parse_study(
     if not isinstance(resources.gpu_memory_gb, (int, float)) or isinstance(resources.gpu_memory_gb, bool) or resources.gpu_memory_gb <= 0:
         raise _fail(where, f"resources.gpu_memory_gb: expected a positive number, got {resources.gpu_memory_gb!r}")
 
-    repeats = _integer(where, "repeats", data.get("repeats", 1), 1)
+    repeats = _parse_repeats(where, data.get("repeats", 1))
     backend = _choice(where, "backend", data.get("backend", "local"), BACKENDS)
     storage = data.get("storage")
     if storage is not None and (not isinstance(storage, str) or (storage not in ("sqlite", "journal") and "://" not in storage)):
@@ -309,7 +368,7 @@ def parse_study(
         objectives=objectives,
         sampler=sampler,
         early_stopping=early_stopping,
-        seeds=tuple(range(repeats)),
+        seeds=tuple(range(repeats.min)),
         resources=resources,
         backend=backend,
         storage=storage,
@@ -318,6 +377,7 @@ def parse_study(
         derive_group=derive_group,
         study_file=str(Path(study_file).resolve()) if Path(study_file).is_file() else str(study_file),
         study_yaml=study_yaml,
+        repeats=repeats,
     )
 
 

@@ -1,9 +1,10 @@
 """A study's definition: everything in a study file that decides a trial's numbers.
 
-The base spec, the task and budget, each group's search space, the objectives, the seeds, the
-sampler and early stopping are part of it; resources, backend, storage, run folder, the number
-of trials to sample and the description are not (they change where and how much runs, not what
-a trial measures). A study stores its definition when created; opening it with another one is
+The base spec, the task and budget, each group's search space, the objectives, the seeds (and
+an adaptive study's ``repeats``: min, max, until and margin), the sampler and early stopping are
+part of it; resources, backend, storage, run folder, the number of trials to sample, the
+repeats' budget and the description are not (they change where and how much runs, not what a
+trial measures or how comparisons are decided). A study stores its definition when created; opening it with another one is
 an error that names the keys that differ, so a run folder never mixes numbers of two studies.
 """
 
@@ -37,6 +38,8 @@ def definition(config: StudyConfig) -> dict[str, Any]:
         "sampler": {"type": config.sampler.type, "seed": config.sampler.seed},
         "early_stopping": dataclasses.asdict(config.early_stopping),
     }
+    if config.repeat_plan.adaptive:  # absent for fixed repeats, as stored before adaptive repeats existed
+        data["repeats"] = config.repeat_plan.definition()
     return json.loads(json.dumps(data, default=str))  # tuples become lists, as they come back from storage
 
 
