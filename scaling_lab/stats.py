@@ -276,7 +276,8 @@ def seeds_for_power(sd: float, df: float, gap: float, alpha: float = 1 - LEVEL, 
         def reached(n: int) -> bool:
             critical = distributions.t.ppf(1 - alpha / 2, n - 1)
             shift = gap / (deviation / math.sqrt(n))
-            return distributions.nct.sf(critical, n - 1, shift) + distributions.nct.cdf(-critical, n - 1, shift) >= power
+            far_side = np.nan_to_num(distributions.nct.cdf(-critical, n - 1, shift))  # underflows to NaN for large shifts
+            return np.nan_to_num(distributions.nct.sf(critical, n - 1, shift)) + far_side >= power
 
         if not reached(cap):
             return None

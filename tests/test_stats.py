@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from scipy import stats as distributions
 
 from scaling_lab import stats
 from scaling_lab.train import coco_metrics
@@ -148,13 +149,24 @@ def test_t_quantiles_match_the_tables():
     assert stats.t_quantile(math.inf) == pytest.approx(1.96, abs=1e-3)
 
 
-def test_estimate_over_seeds_and_from_the_bootstrap():
+def test_estimate_over_seeds_and_for_one_seed():
     found = stats.estimate([0.30, 0.32, 0.34])
     assert (found.mean, found.sd, found.n, found.source) == (pytest.approx(0.32), pytest.approx(0.02), 3, "seeds")
     assert found.high - found.mean == pytest.approx(4.303 * 0.02 / math.sqrt(3), rel=1e-3)
     single = stats.estimate([0.30], bootstrap=(0.27, 0.33))
-    assert (single.low, single.high, single.source) == (0.27, 0.33, "bootstrap")
+    assert (single.low, single.high, single.source) == (0.27, 0.33, "bootstrap (images only)")
+    pooled = stats.estimate([0.30], bootstrap=(0.27, 0.33), pooled=stats.SeedNoise(0.028, 4, 2))
+    assert pooled.source == "pooled seed noise" and pooled.high - 0.30 == pytest.approx(2.776 * 0.028, rel=1e-3)
     assert stats.estimate([0.30]).source == "none" and math.isnan(stats.estimate([]).mean)
+
+
+def test_ap_intervals_stay_inside_0_and_100():
+    # a depth-only point near 0 AP: its t interval would reach below 0 (-0.5 AP in the proxy report)
+    found = stats.estimate([0.004, 0.001, 0.009], bounds=stats.bounds_of("AP"))
+    assert found.low == 0.0 and 0 < found.high < 0.03
+    assert stats.estimate([0.999, 0.99, 0.995], bounds=stats.bounds_of("AP")).high == 1.0
+    table = pd.DataFrame([{"config_id": "depth", "seed": s, "state": "complete", "AP": v} for s, v in enumerate((0.004, 0.001, 0.009))])
+    assert stats.config_estimates(table, "AP")["low"].iloc[0] == 0.0
 
 
 def results_table(a: list[float], b: list[float], seeds_b: list[int] | None = None) -> pd.DataFrame:
@@ -171,51 +183,81 @@ def test_a_side_better_by_construction_is_called_better_paired_by_seed():
     a = b + 0.01 + rng.normal(0, 0.001, 4)
     table = results_table(list(a), list(b))
     comparison = stats.compare_configs(table, "a", "b", "AP")
-    assert comparison.paired and comparison.n == 4
+    assert comparison.paired and comparison.n == 4 and comparison.seeds_used == (0, 1, 2, 3)
     assert comparison.verdict == "better" and comparison.low > 0
     assert comparison.difference == pytest.approx(np.mean(a - b))
     assert stats.compare_configs(table, "b", "a", "AP").verdict == "worse"
     # unpaired (disjoint seeds) the same numbers drown in the seed noise
     unpaired = stats.compare_configs(results_table(list(a), list(b), seeds_b=[10, 11, 12, 13]), "a", "b", "AP")
-    assert not unpaired.paired and unpaired.verdict == "within noise"
+    assert not unpaired.paired and unpaired.verdict == "unresolved"
 
 
-def test_identical_sides_are_within_noise():
-    values = [0.31, 0.29, 0.33]
-    comparison = stats.compare_configs(results_table(values, values), "a", "b", "AP")
-    assert comparison.difference == 0 and comparison.verdict == "within noise"
-    noisy = stats.compare_configs(results_table([0.31, 0.29, 0.33], [0.30, 0.32, 0.31]), "a", "b", "AP")
-    assert noisy.verdict == "within noise"
+def test_equivalent_only_when_the_whole_interval_is_inside_the_margin():
+    rng = np.random.default_rng(1)
+    b = 0.30 + rng.normal(0, 0.05, 6)
+    a = b + rng.normal(0, 0.001, 6)  # paired differences of about 0.001
+    table = results_table(list(a), list(b))
+    assert stats.compare_configs(table, "a", "b", "AP", margin=0.01).verdict == "equivalent"
+    assert stats.compare_configs(table, "a", "b", "AP", margin=0.0005).verdict == "unresolved"
+    assert stats.compare_configs(table, "a", "b", "AP").verdict == "unresolved"  # no margin, no equivalence
+    noisy = stats.compare_configs(results_table([0.31, 0.29, 0.33], [0.30, 0.32, 0.31]), "a", "b", "AP", margin=0.01)
+    assert noisy.verdict == "unresolved" and noisy.high > 0.01
 
 
-def test_single_seed_sides_use_their_bootstrap_intervals():
+def test_one_seed_sides_are_unresolved_without_pooled_seed_noise():
+    # The same configuration on seeds 0 and 1, entered as two one-seed configurations: its image
+    # bootstrap (SE ~0.6 AP) leaves out the seed noise (sd ~2.8 AP) and once called it "better".
     table = pd.DataFrame(
         [
-            {"config_id": "a", "seed": 0, "state": "complete", "AP": 0.40, "AP_ci_low": 0.38, "AP_ci_high": 0.42},
-            {"config_id": "b", "seed": 0, "state": "complete", "AP": 0.30, "AP_ci_low": 0.28, "AP_ci_high": 0.32},
-            {"config_id": "c", "seed": 0, "state": "complete", "AP": 0.39, "AP_ci_low": 0.37, "AP_ci_high": 0.41},
-            {"config_id": "d", "seed": 0, "state": "complete", "AP": 0.39},
+            {"config_id": "seed0", "seed": 0, "state": "complete", "AP": 0.146, "AP_ci_low": 0.134, "AP_ci_high": 0.158},
+            {"config_id": "seed1", "seed": 1, "state": "complete", "AP": 0.100, "AP_ci_low": 0.088, "AP_ci_high": 0.112},
         ]
     )
-    assert stats.compare_configs(table, "a", "b", "AP").verdict == "better"
-    assert stats.compare_configs(table, "c", "a", "AP").verdict == "within noise"
-    assert stats.compare_configs(table, "d", "a", "AP").verdict == "no interval"
-    # lower is better for a minimized metric
-    assert stats.compare_configs(table, "a", "b", "AP", maximize=False).verdict == "worse"
-    assert stats.compare_configs(table, "a", "b", "AP").text(100) == "+10.00 [+7.17, +12.83]"  # half-widths 2 and 2 add in quadrature
+    alone = stats.compare_configs(table, "seed0", "seed1", "AP")
+    assert alone.verdict == "unresolved" and math.isnan(alone.low)
+    assert "no configuration of the study has two" in alone.note
+    # with seed noise pooled from configurations that have two or more seeds, it is used and named
+    others = pd.DataFrame([{"config_id": c, "seed": s, "state": "complete", "AP": v} for c, values in (("x", (0.12, 0.15, 0.09)), ("y", (0.20, 0.17, 0.22))) for s, v in enumerate(values)])
+    everything = pd.concat([table, others])
+    pooled = stats.pooled_seed_noise(everything, "AP")
+    assert pooled.df == 4 and pooled.sd == pytest.approx(math.sqrt((np.var((0.12, 0.15, 0.09), ddof=1) + np.var((0.20, 0.17, 0.22), ddof=1)) / 2))
+    found = stats.compare_configs(everything, "seed0", "seed1", "AP", pooled=pooled)
+    assert found.verdict == "unresolved" and found.low < 0 < found.high and "pooled seed sd" in found.method
+    assert found.high - found.difference == pytest.approx(stats.t_quantile(4) * pooled.sd * math.sqrt(2))
 
 
-def test_candidates_indistinguishable_from_the_winner():
-    table = pd.DataFrame(
-        [{"config_id": c, "seed": s, "state": "complete", "AP": base + noise}
-         for c, base in (("win", 0.40), ("close", 0.399), ("far", 0.30))
-         for s, noise in enumerate((0.0, 0.01, -0.01))]
-    )
-    table.loc[(table["config_id"] == "close") & (table["seed"] == 1), "AP"] = 0.40
-    everyone = stats.compare_to_winner(table, "win", "AP")
-    assert list(everyone["config_id"]) == ["close", "far"]
-    assert list(everyone["verdict"]) == ["within noise", "worse"]
-    assert list(stats.indistinguishable_from_winner(table, "win", "AP")["config_id"]) == ["close"]
+def test_seeds_only_one_side_has_are_shown_not_silently_dropped():
+    a = pd.Series({0: 0.30, 1: 0.32, 2: 0.10})
+    b = pd.Series({0: 0.29, 1: 0.30, 3: 0.50})
+    found = stats.compare(a, b)
+    assert found.paired and found.seeds_used == (0, 1) and found.difference == pytest.approx(0.015)
+    assert found.seeds_text() == "paired on seeds 0, 1 (unused: a 2; b 3)"
+    assert found.verdict == "unresolved"  # two pairs: t at one degree of freedom
+
+
+def test_no_pairing_by_row_position_without_a_seed_column():
+    table = results_table([0.30, 0.32, 0.34], [0.29, 0.31, 0.33]).drop(columns="seed")
+    found = stats.compare_configs(table, "a", "b", "AP")
+    assert not found.paired and found.verdict == "unresolved"  # Welch: 0.01 against an sd of 0.02
+
+
+def test_a_paired_difference_with_zero_spread_is_no_verdict():
+    found = stats.compare(pd.Series({0: 0.31, 1: 0.33}), pd.Series({0: 0.30, 1: 0.32}))
+    assert found.paired and found.difference == pytest.approx(0.01)
+    assert found.verdict == "unresolved" and "zero spread" in found.note
+
+
+def test_seeds_needed_is_power_with_the_sd_uncertainty():
+    # 80 % power, two-sided 5 %, a gap of one sd of the paired differences: n = 10 (noncentral t;
+    # the textbook 9.94 rounded up), where a half-width rule would say t * sd / sqrt(n) <= gap: n = 7
+    found = stats.seeds_for_power(sd=1.0, df=2, gap=1.0)
+    assert found.seeds == 10
+    critical = distributions.t.ppf(0.975, 9)
+    assert distributions.nct.sf(critical, 9, math.sqrt(10)) + distributions.nct.cdf(-critical, 9, math.sqrt(10)) >= 0.8
+    # the sd from 2 degrees of freedom: its 95 % interval is [0.52, 6.28] sd, so [5, 312] seeds
+    assert (found.low, found.high) == (5, 312)
+    assert found.text(100) == "10 seeds [5, 312] for 80% power at a gap of 100"
+    assert stats.seeds_for_power(sd=float("nan"), df=0, gap=1.0) is None
 
 
 def test_trial_intervals_become_results_columns():
