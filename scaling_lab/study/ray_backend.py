@@ -251,8 +251,11 @@ def run_ray(session: StudySession, address: str | None) -> None:
     try:
         cluster_gpus = ray.cluster_resources().get("GPU", 0)
         with Heartbeat(session.storage) as heartbeat:
-            for group in session.config.groups:
-                _fit_group(session, group, heartbeat, cluster_gpus)
+            while True:
+                for group in session.config.groups:
+                    _fit_group(session, group, heartbeat, cluster_gpus)
+                if not session.plan_round():  # adaptive repeats: another round while comparisons are open
+                    break
     finally:
         if started_here:
             ray.shutdown()

@@ -72,9 +72,13 @@ def work_through(session: StudySession, group: Group) -> None:
 
 
 def run_local(session: StudySession) -> None:
-    """Optuna in this process, one trial at a time, group after group."""
-    for group in session.config.groups:
-        work_through(session, group)
+    """Optuna in this process, one trial at a time, group after group (and round after round of
+    adaptive repeats)."""
+    while True:
+        for group in session.config.groups:
+            work_through(session, group)
+        if not session.plan_round():  # adaptive repeats: another round while comparisons are open
+            return
 
 
 def with_data_classes(config: StudyConfig) -> StudyConfig:

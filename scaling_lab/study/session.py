@@ -9,6 +9,9 @@ then planned, run and finished:
 - ``next_trial``: under the same lock, take a waiting trial, or sample a new configuration of a
   sampled group (tagged with its group, seed and configuration id before its other seeds are
   enqueued) while the group has fewer than planned;
+- ``plan_round`` (adaptive repeats): once every planned trial has finished, under the same
+  lock, one more seed for the configurations of comparisons still open; a round already
+  planned (trials waiting or running) is never planned twice;
 - ``settled``: no trial of the group waits or runs. A worker finishes a group by working and
   waiting until it is settled, so a later group's ``best`` parameters are resolved from the
   whole table, once (``best_values``), stored in the study and read by every worker.
@@ -29,7 +32,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from scaling_lab.errors import ScalingLabError
-from scaling_lab.study import results, storage
+from scaling_lab.study import adaptive, results, storage
 from scaling_lab.study.candidate import CandidateRunner, TrialFunction, cost_counts, default_trial_function
 from scaling_lab.study.config import Group, StudyConfig
 from scaling_lab.study.fingerprint import check_same_definition, definition, definition_hash
@@ -40,6 +43,7 @@ LIVE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialSta
 POLL_S = 2.0  # how often a worker waiting for others' trials looks again
 MAX_CONSECUTIVE_REJECTIONS = 100
 MAX_DUPLICATE_SAMPLES = 100  # fresh samples in a row of configurations the group already has
+ADAPTIVE_ATTR = "adaptive_repeats"  # the last look of adaptive repeats: stop reason, open comparisons, rounds
 REASON_CHARS = 300  # the short failure reason shown in optuna-dashboard (the record can be cut there)
 
 
@@ -229,7 +233,11 @@ class StudySession:
 
     @property
     def planned_total(self) -> int:
-        return sum(self.planned_for(g) for g in self.config.groups)
+        """The planned trials: every configuration's first seeds, plus the extra seeds adaptive
+        repeats have planned so far."""
+        first = len(self.config.seeds)
+        extra = {self._key(t) for t in self.study.get_trials(deepcopy=False) if self._key(t)[1] >= first and "config_id" in t.user_attrs and not results.is_duplicate(t)}
+        return sum(self.planned_for(g) for g in self.config.groups) + len(extra)
 
     def _group_trials(self, group: Group) -> list[FrozenTrial]:
         return [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("group") == group.name]
@@ -356,6 +364,31 @@ class StudySession:
         started = {t.user_attrs.get("config_id") for t in trials if results.trial_state(t) is not None}
         return len(started) >= group.trials
 
+    def plan_round(self) -> bool:
+        """Adaptive repeats, once every planned trial has finished: under the planning lock, one
+        more seed for the configurations of comparisons still open (``adaptive.plan_round``).
+        True while the study has trials to run or wait for; False once it stops (the reason is
+        stored and printed). Fixed repeats: False."""
+        repeats = self.config.repeat_plan
+        if not repeats.adaptive:
+            return False
+        with storage.planning_lock(self.storage, self.config.name):
+            storage.fail_stale_trials(self.study, self.storage)
+            trials = self.study.get_trials(deepcopy=False)
+            if any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials):
+                return True  # this round still runs (planned by this or another worker)
+            objective = self.config.objectives[0]
+            found = adaptive.plan_round(self.info(), self.table(), repeats, objective.metric, objective.direction == "maximize")
+            params = {t.user_attrs["config_id"]: (dict(t.params), t.user_attrs["group"]) for t in trials if "config_id" in t.user_attrs and "group" in t.user_attrs}
+            for cid, seed in found.seeds.items():
+                values, group = params[cid]
+                self._enqueue(self.group(group), values, cid, seed)
+            rounds = int((self.study.user_attrs.get(ADAPTIVE_ATTR) or {}).get("rounds", 0)) + (found.stop is None)
+            self.study.set_user_attr(ADAPTIVE_ATTR, {"stop": found.stop, "reason": adaptive.STOP_REASONS.get(found.stop), "open": found.open, "comparisons": found.comparisons, "rounds": rounds})
+        if self.out is not None:
+            print(f"[{self.config.name}] {found.describe()}", file=self.out, flush=True)
+        return found.stop is None
+
     def wait(self, group: Group) -> None:
         """Wait a moment for other workers' trials, then reconcile (failing dead workers' trials)."""
         time.sleep(POLL_S)
@@ -381,11 +414,18 @@ class StudySession:
     def table(self) -> pd.DataFrame:
         return results.results_frame(self.study.get_trials(deepcopy=False), self.config.task.kind)
 
+    def info(self, finished: bool = False) -> dict[str, Any]:
+        """What ``study.json`` records (and what the report's comparisons are decided from)."""
+        info = results.study_info(self.config, self.study, self.planned_total, finished)
+        info.update(
+            definition=self.definition, definition_hash=definition_hash(self.definition), seeds=list(self.config.seeds), base_costs=self.base_costs,
+            repeats=self.config.repeat_plan.to_dict(), adaptive_repeats=self.study.user_attrs.get(ADAPTIVE_ATTR),
+        )
+        return info
+
     def refresh(self, finished: bool = False) -> pd.DataFrame:
         frame = self.table()
-        info = results.study_info(self.config, self.study, self.planned_total, finished)
-        info.update(definition=self.definition, definition_hash=definition_hash(self.definition), seeds=list(self.config.seeds), base_costs=self.base_costs)
-        results.write_run_folder(self.study, self.config.run_dir, frame, info)
+        results.write_run_folder(self.study, self.config.run_dir, frame, self.info(finished))
         if self.out is not None:
             print(results.progress_line(frame, self.planned_total, self.config), file=self.out, flush=True)
         return frame

@@ -1,0 +1,147 @@
+"""Adaptive repeats: the planner in real (fake-trial) studies, and the error rates of the
+decision rule in many simulated studies (``scaling_lab.study.adaptive.simulate``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scaling_lab.decisions import DecisionRule
+from scaling_lab.errors import ScalingLabError
+from scaling_lab.files import read_parquet
+from scaling_lab.study import load_study, run_study
+from scaling_lab.study.adaptive import simulate
+from scaling_lab.trial import TrialResult
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_study_helpers import write_study  # noqa: E402
+
+MEANS = {"fpn": 0.30, "panet": 0.40, "bifpn": 0.30}  # PANet clearly better; BiFPN no different from FPN
+
+
+def noisy_trial(spec, task, budget, report=None, seed=0, checkpoint_dir=None, device=None, progress=False):
+    """AP = the feature network's true mean + seed noise shared by all networks on that seed
+    (sd 0.02) + its own (sd 0.005); FAKE_TRIAL_SLEEP slows it down (for the kill test)."""
+    time.sleep(float(os.environ.get("FAKE_TRIAL_SLEEP", "0")))
+    own = np.random.default_rng([seed, list(MEANS).index(spec.feature_network)]).normal(0, 0.005)
+    metrics = {"AP": MEANS[spec.feature_network] + np.random.default_rng([seed]).normal(0, 0.02) + own}
+    if report is not None:
+        report(1, metrics)
+    return TrialResult(spec.spec_hash, seed, metrics, 1, 1, 1, 1, None, 0.01, [{"epoch": 1, **metrics}])
+
+
+def adaptive_study(tmp_path: Path, **repeats) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    return write_study(
+        tmp_path,
+        search_space={"parameters": {"feature_network": ["fpn", "panet", "bifpn"]}},
+        repeats={"min": 3, "max": 6, "until": "resolved", **repeats},
+    )
+
+
+def seeds_per_network(frame) -> dict[str, list[int]]:
+    done = frame[frame["state"] == "complete"]
+    return {network: sorted(int(s) for s in rows["seed"]) for network, rows in done.groupby("feature_network")}
+
+
+def test_seeds_go_only_to_open_comparisons_until_max(tmp_path):
+    config = load_study(adaptive_study(tmp_path))
+    frame = run_study(config, trial_function=noisy_trial, out=None)
+    # PANet - FPN resolves at 3 seeds; BiFPN - FPN stays open, so FPN and BiFPN get seeds up to max
+    assert seeds_per_network(frame) == {"bifpn": [0, 1, 2, 3, 4, 5], "fpn": [0, 1, 2, 3, 4, 5], "panet": [0, 1, 2]}
+    info = json.loads((config.run_dir / "study.json").read_text())
+    assert info["adaptive_repeats"]["stop"] == "max" and info["adaptive_repeats"]["open"] == 1
+    assert info["planned_trials"] == 15 and info["finished"] is True
+    assert info["repeats"]["min"] == 3 and info["definition"]["repeats"] == {"min": 3, "max": 6, "until": "resolved", "margin": 0.0}
+    # Running it again has nothing left to do
+    assert len(run_study(config, trial_function=noisy_trial, out=None)) == 15
+
+
+def test_a_margin_resolves_equivalence_and_a_budget_stops_rounds(tmp_path):
+    config = load_study(adaptive_study(tmp_path / "margin", margin=0.03))
+    frame = run_study(config, trial_function=noisy_trial, out=None)
+    info = json.loads((config.run_dir / "study.json").read_text())
+    assert info["adaptive_repeats"]["stop"] == "resolved" and info["adaptive_repeats"]["open"] == 0
+    assert len(frame) < 12
+    budget = load_study(adaptive_study(tmp_path / "budget", budget={"trials": 11}))
+    frame = run_study(budget, trial_function=noisy_trial, out=None)
+    assert len(frame) == 11  # 9 first seeds + one round of 2; the next round would pass 11
+    assert json.loads((budget.run_dir / "study.json").read_text())["adaptive_repeats"]["stop"] == "budget"
+
+
+def test_min_max_margin_are_part_of_the_definition_and_bad_values_are_named(tmp_path):
+    path = adaptive_study(tmp_path)
+    run_study(load_study(path), trial_function=noisy_trial, out=None)
+    with pytest.raises(ScalingLabError, match=r"repeats.margin: 0.0 -> 0.02"):
+        run_study(load_study(path, overrides=["repeats.margin=0.02"]), trial_function=noisy_trial, out=None)
+    # the budget decides how much runs, not what a trial measures
+    assert len(run_study(load_study(path, overrides=["repeats.budget.trials=100"]), trial_function=noisy_trial, out=None)) == 15
+    for changes, message in (
+        ({"min": 1}, "repeats.min: expected an integer of at least 2, got 1"),
+        ({"max": 2}, "repeats.max: expected an integer of at least 3, got 2"),
+        ({"until": "forever"}, "repeats.until: 'forever' is not valid; valid values are resolved"),
+        ({"margin": -0.1}, "repeats.margin: expected a finite number >= 0, got -0.1"),
+        ({"budget": {"days": 2}}, "repeats.budget: unknown key(s) 'days'; valid keys are trials, hours"),
+    ):
+        with pytest.raises(ScalingLabError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            load_study(adaptive_study(tmp_path / "bad", **changes))
+
+
+RUNNER_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from scaling_lab.study import load_study, run_study
+from test_adaptive import noisy_trial
+run_study(load_study({path!r}), trial_function=noisy_trial, out=None)
+"""
+
+
+def test_sigkill_during_an_extra_round_then_resume(tmp_path):
+    path = adaptive_study(tmp_path)
+    config = load_study(path)
+    script = RUNNER_SCRIPT.format(tests=str(Path(__file__).parent), path=str(path))
+    process = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "FAKE_TRIAL_SLEEP": "0.3"})
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            time.sleep(0.1)
+            table = config.run_dir / "results.parquet"
+            if table.exists() and (read_parquet(table)["seed"] >= 3).any():  # inside the first extra round
+                break
+        time.sleep(0.15)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    frame = run_study(config, trial_function=noisy_trial, out=None)
+    assert frame.groupby(["config_id", "seed"]).size().max() == 1
+    assert seeds_per_network(frame) == {"bifpn": [0, 1, 2, 3, 4, 5], "fpn": [0, 1, 2, 3, 4, 5], "panet": [0, 1, 2]}
+
+
+# --------------------------------------------------------------------------------------------
+# Simulated studies: four configurations, each compared with the first (like Table 5), seed sd 1
+
+
+ADAPTIVE = DecisionRule(margin=1.0, min_seeds=3, max_seeds=12)
+FIXED_MAX = DecisionRule(margin=1.0, min_seeds=12, max_seeds=12)
+
+
+def test_no_true_difference_gives_at_most_5_percent_false_verdicts():
+    found = simulate([0, 0, 0, 0], ADAPTIVE, studies=300, seed=1)
+    assert found.false_verdict <= 0.05
+    assert found.equivalent > 0.1  # equal configurations do get resolved, as equivalent
+
+
+def test_a_two_sd_difference_mostly_resolves_within_max_and_adaptive_spends_less():
+    adaptive = simulate([0, 2, 2, 2], ADAPTIVE, studies=300, seed=2)
+    fixed = simulate([0, 2, 2, 2], FIXED_MAX, studies=300, seed=2)
+    assert adaptive.correct_difference > 0.9 and adaptive.false_verdict <= 0.05
+    assert fixed.false_verdict <= 0.05
+    assert adaptive.trials < 0.75 * fixed.trials  # 48 trials fixed, about 31 adaptive
