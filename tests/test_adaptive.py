@@ -145,3 +145,20 @@ def test_a_two_sd_difference_mostly_resolves_within_max_and_adaptive_spends_less
     assert adaptive.correct_difference > 0.9 and adaptive.false_verdict <= 0.05
     assert fixed.false_verdict <= 0.05
     assert adaptive.trials < 0.75 * fixed.trials  # 48 trials fixed, about 31 adaptive
+
+
+def test_matched_flops_comparisons_more_than_10_percent_apart_get_no_verdict():
+    # compound_grid's CPU profile: compound at 1.73x beside resolution-only at 2.25x (128 px can
+    # only step to 160 or 192) and width-only at 1.87x
+    import pandas as pd
+
+    from scaling_lab.study.families import SCALING, comparison_families
+
+    rows = [
+        {"config_id": cid, "group": group, "param.phi": 1.0, "flops_ratio": ratio, "seed": seed, "state": "complete", "AP": 0.2}
+        for cid, group, ratio in (("c", "compound", 1.73), ("r", "resolution", 2.25), ("w", "width", 1.87))
+        for seed in range(3)
+    ]
+    family = comparison_families({}, pd.DataFrame(rows))[SCALING]
+    assert family.pairs == (("c", "w"),)
+    assert family.excluded == {("c", "r"): "not at matched FLOPs (2.25x vs 1.73x, +30%): no verdict"}

@@ -13,10 +13,11 @@ from scaling_lab import paper, stats
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.report.pareto import pareto_front
 from scaling_lab.report.run import ACCURACY_METRICS, COSTS, Run
+from scaling_lab.study import families
 from scaling_lab.study.winner import WinnerRule, decide_winner, derive_group, rank_configurations
 
 GRID_PARAMS = ("param.alpha", "param.beta", "param.gamma")
-NON_SCALING_GROUPS = ("", "grid", "ablation")
+NON_SCALING_GROUPS = families.NON_SCALING_GROUPS
 # the fields compound scaling changes (scaling_lab.scaling.scale_detector / scale_backbone)
 SCALED_FIELDS = ("backbone.width", "backbone.depth", "backbone.resolution", "resolution", "channels", "feature_repeats", "head_repeats")
 
@@ -33,8 +34,9 @@ def configurations(run: Run) -> pd.DataFrame:
     Columns: every measured metric/cost (mean) and ``<name>_std``, ``n_seeds``, ``seeds``,
     ``trial_ids``, ``group``, ``summary`` (what differs from the base spec), the spec and
     ``param.*`` values, ``on_front`` (non-dominated under the study's objectives), the main
-    metric's 95 % interval ``<metric>_ci_low``/``_ci_high`` (over seeds, or the one trial's
-    bootstrap over images; ``interval`` says which) and ``possibly_on_front`` (on the front when
+    metric's 95 % interval ``<metric>_ci_low``/``_ci_high`` (over seeds; for one seed, over the
+    pooled seed noise or else the trial's bootstrap over images; ``interval`` says which; AP
+    intervals clipped to [0, 1]) and ``possibly_on_front`` (on the front when
     the main metric is at its interval's upper end).
     """
     complete = run.complete
@@ -52,7 +54,8 @@ def configurations(run: Run) -> pd.DataFrame:
     planned = len(run.study.get("seeds") or []) or None
     table["planned_seeds"] = planned if planned else table["n_seeds"]
     table["incomplete"] = table["n_seeds"] < table["planned_seeds"]
-    intervals = [_interval(run, trials) for _, trials in grouped]
+    pooled = stats.pooled_seed_noise(complete, run.main_metric)
+    intervals = [_interval(run, trials, pooled) for _, trials in grouped]
     metric = run.main_metric
     table[f"{metric}_ci_low"] = [found.low for found in intervals]
     table[f"{metric}_ci_high"] = [found.high for found in intervals]
@@ -65,8 +68,9 @@ def configurations(run: Run) -> pd.DataFrame:
     return table
 
 
-def _interval(run: Run, trials: pd.DataFrame) -> stats.Estimate:
-    return stats.estimate(stats.seed_values(trials, run.main_metric).to_numpy(), stats.bootstrap_bounds(trials, run.main_metric))
+def _interval(run: Run, trials: pd.DataFrame, pooled: stats.SeedNoise | None) -> stats.Estimate:
+    metric = run.main_metric
+    return stats.estimate(stats.seed_values(trials, metric).to_numpy(), stats.bootstrap_bounds(trials, metric), pooled, stats.bounds_of(metric))
 
 
 def _main_column(run: Run, table: pd.DataFrame) -> int:
@@ -182,13 +186,9 @@ def ablation_table(run: Run, configs: pd.DataFrame) -> pd.DataFrame:
     Params and FLOPs are ratios to the repeated top-down FPN (``feature_network == 'fpn'``);
     without an FPN configuration the ratio columns are NaN.
     """
-    if "feature_network" not in configs.columns or configs["feature_network"].nunique() < 2:
+    rows = families.ablation_rows(configs).copy()
+    if rows.empty:
         return pd.DataFrame()
-    if (configs["group"] == "ablation").any():
-        rows = configs[configs["group"] == "ablation"].copy()
-    else:  # the groups that compare feature networks, not those that scale one of them
-        varies = configs.groupby("group")["feature_network"].transform("nunique") > 1
-        rows = configs[varies].copy()
     if "fusion" not in rows.columns:
         rows["fusion"] = ""
     baseline = rows[rows["feature_network"] == paper.FEATURE_NETWORK_BASELINE]
@@ -207,13 +207,7 @@ def ablation_table(run: Run, configs: pd.DataFrame) -> pd.DataFrame:
 
 def fusion_pairs(run: Run, configs: pd.DataFrame) -> pd.DataFrame:
     """EfficientDet Table 6 in our data: configurations that differ only by softmax vs fast fusion."""
-    if "fusion" not in configs.columns:
-        return pd.DataFrame()
-    others = ["group", *(c for c in run.spec_columns if c != "fusion" and c in configs.columns)]
-    keyed = configs.assign(_key=configs[others].astype(str).agg("|".join, axis=1))
-    softmax = keyed[keyed["fusion"] == "softmax"]
-    fast = keyed[keyed["fusion"] == "fast"]
-    pairs = softmax.merge(fast, on="_key", suffixes=("_softmax", "_fast"))
+    pairs = families.fusion_pairs(configs, "softmax")
     if pairs.empty:
         return pairs
     metric = run.main_metric

@@ -46,7 +46,8 @@ def feature_network_lines(run: Run, configs: pd.DataFrame) -> list[str]:
     if not weighted.empty and not unweighted.empty:
         found = comparisons.compare(run, weighted["config_id"].iloc[0], unweighted["config_id"].iloc[0])
         paper_gain = paper.feature_network_row("bifpn", "fast").ap - paper.feature_network_row("bifpn", "sum").ap
-        lines += ["", f"Weighted (fast) − unweighted (sum) BiFPN: {found.text(factor)}, **{found.verdict}** (paper: {paper_gain:+.2f} AP)."]
+        if found is not None:
+            lines += ["", f"Weighted (fast) − unweighted (sum) BiFPN: {found.text(factor)} at {found.level:.1%} ({found.seeds_text()}), **{found.verdict}** (paper: {paper_gain:+.2f} AP)."]
     return lines
 
 
@@ -89,8 +90,8 @@ def findings_markdown(run: Run, figures: list[tuple[str, str]] = ()) -> str:
         f"{len(complete)} complete trials of {len(run.trials)}, at least {seeds} seed(s) per configuration; "
         f"wall time {'–' if wall != wall else datetime.timedelta(seconds=round(wall))} (first start to last finish), "
         f"hardware {run.study.get('hardware', {}).get('cpus', '?')} CPUs. Differences are paired by seed where both sides share "
-        "two or more seeds; intervals are 95 %. The paper's numbers come from full COCO/ImageNet training: compare signs and "
-        "verdicts, not magnitudes.",
+        "two or more seeds. " + comparisons.rule(run).describe(factor=scale(run.main_metric), unit=" points" if scale(run.main_metric) != 1 else "")
+        + " The paper's numbers come from full COCO/ImageNet training: compare signs and verdicts, not magnitudes.",
         "",
         "## 1. Feature networks (EfficientDet Table 5)",
         "",

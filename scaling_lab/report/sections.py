@@ -71,11 +71,16 @@ def add_difference_text(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     return frame.assign(difference_text=[comparisons.difference_text(row, factor) for _, row in frame.iterrows()]) if not frame.empty else frame
 
 
-INTERVAL_NOTE = (
-    "Intervals are 95 %: over seeds (Student t) for a configuration with two or more seeds, else the trial's "
-    "bootstrap over validation images. A difference is paired by seed where both sides share two or more seeds; "
-    "its verdict is \"better\" or \"worse\" when the whole interval is on one side of zero, else \"within noise\"."
-)
+def interval_note(run: Run) -> str:
+    """How intervals and verdicts are made: the method, the level and the margin."""
+    unit = " points" if scale(run.main_metric) != 1 else ""
+    return (
+        "A configuration's interval is 95 % over its seeds (Student t); with one seed, over the seed noise pooled from the "
+        "configurations with two or more, else its trial's bootstrap over validation images (which leaves training noise out). "
+        "A difference is paired over the seeds both sides share (two or more; the seeds used are listed), else Welch; "
+        "a side with one seed needs the pooled seed noise, or the comparison stays unresolved. "
+        + comparisons.rule(run).describe(scale(run.main_metric), unit)
+    )
 
 
 def build_page(run: Run) -> Page:
@@ -129,7 +134,7 @@ def add_pareto(page: Page, run: Run, configs: pd.DataFrame) -> None:
             f"Each point is one configuration: the mean over its seeds (up to {seeds}), error bars its 95 % interval; "
             "fronts are computed on the means. Filled points are on the front; open diamonds are \"possibly on the front\" "
             "(their interval reaches it); faint points are dominated. Trials that did not complete are counted and listed under Trials. "
-            + INTERVAL_NOTE
+            + interval_note(run)
         ),
         *(page.figure(figures.pareto_figure(run, configs, cost)) for cost in costs),
         f"<h3>Configurations on or possibly on the front of all objectives ({html.escape(objectives or metric)})</h3>",
@@ -159,7 +164,7 @@ def add_ablation(page: Page, run: Run, configs: pd.DataFrame) -> None:
     if "latency_ms" in rows.columns:
         columns["latency_ms"] = ("latency (ms)", number())
     note = "Ratios and differences are relative to the repeated top-down FPN." if rows["params_ratio"].notna().any() else "The study has no repeated-FPN configuration, so no ratios."
-    page.add("ablation", "Feature-network ablation (EfficientDet Table 5 form)", paragraph(note + " " + INTERVAL_NOTE), table(rows, columns, sortable=True))
+    page.add("ablation", "Feature-network ablation (EfficientDet Table 5 form)", paragraph(note + " " + interval_note(run)), table(rows, columns, sortable=True))
 
 
 def add_fusion(page: Page, run: Run, configs: pd.DataFrame) -> None:
@@ -176,7 +181,7 @@ def add_fusion(page: Page, run: Run, configs: pd.DataFrame) -> None:
     }
     if "speedup" in pairs.columns:
         columns.update({"latency_ms_softmax": ("softmax latency (ms)", number()), "latency_ms_fast": ("fast latency (ms)", number()), "speedup": ("fast speedup", ratio)})
-    page.add("fusion", "Softmax vs fast normalized fusion (EfficientDet Table 6 form)", paragraph(INTERVAL_NOTE), table(pairs, columns))
+    page.add("fusion", "Softmax vs fast normalized fusion (EfficientDet Table 6 form)", paragraph(interval_note(run)), table(pairs, columns))
 
 
 def add_compound(page: Page, run: Run, configs: pd.DataFrame) -> None:
@@ -205,9 +210,9 @@ def add_compound(page: Page, run: Run, configs: pd.DataFrame) -> None:
             )
             others = add_difference_text(comparisons.runners_up(run, grid, chosen), run.main_metric)
             if not others.empty:
-                tied = comparisons.indistinguishable_count(others)
+                open_count = comparisons.unresolved_count(others)
                 parts += [
-                    f"<h3>The grid's winner against its runners-up (those that may win: every seed complete, within the group's constraints) ({tied} within noise)</h3>",
+                    f"<h3>The grid's winner against its runners-up (those that may win: every seed complete, within the group's constraints) ({open_count} unresolved)</h3>",
                     table(
                         with_interval_text(others, run.main_metric),
                         {
@@ -225,7 +230,7 @@ def add_compound(page: Page, run: Run, configs: pd.DataFrame) -> None:
         if not matched.empty:
             parts += [
                 "<h3>Compound against single-dimension scaling at the same phi (FLOPs target 2^phi)</h3>",
-                paragraph("Measured FLOPs ratios to the base beside each difference: a comparison is fair only where they match. " + INTERVAL_NOTE),
+                paragraph("Measured FLOPs ratios to the base beside each difference: a comparison is fair only where they match. " + interval_note(run)),
                 table(
                     matched,
                     {

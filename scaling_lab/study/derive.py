@@ -10,11 +10,13 @@ from typing import Any
 import pandas as pd
 
 from scaling_lab import stats
+from scaling_lab.decisions import DecisionRule, decide
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.spec import spec_from_dict
 from scaling_lab.study.candidate import cost_counts
 from scaling_lab.study.runner import open_results
 from scaling_lab.study.search_space import SearchSpace
+from scaling_lab.study.families import grid_runners_up
 from scaling_lab.study.winner import WinnerRule, decide_winner, derive_group
 
 COEFFICIENT_DIMENSIONS = {"alpha": "depth", "beta": "width", "gamma": "resolution"}
@@ -30,8 +32,9 @@ class Derivation:
     flops_ratios: dict[str, float]  # each coefficient alone, and "compound" for all three
     constraint: dict[str, Any] | None
     ranking: pd.DataFrame  # every grid configuration, best first (winner.rank_configurations)
-    # the other candidates whose difference from the winner is within noise (scaling_lab.stats)
-    indistinguishable: tuple[dict[str, Any], ...] = ()
+    # the runners-up whose comparison with the winner is not "worse" (scaling_lab.decisions)
+    contenders: tuple[dict[str, Any], ...] = ()
+    method: str = ""  # how the verdicts were decided: method, level, margin
 
     @property
     def within_constraint(self) -> bool | None:
@@ -54,10 +57,15 @@ class Derivation:
         incomplete = self.ranking[self.ranking["incomplete"]]
         if not incomplete.empty:
             lines.append(f"  {len(incomplete)} configuration(s) with fewer complete seeds than planned do not compete: {', '.join(incomplete['config_id'])}")
-        lines.append(f"  {len(self.indistinguishable)} other candidate(s) statistically indistinguishable from it (95 % interval of the difference includes 0)")
-        for candidate in self.indistinguishable:
+        lines.append(f"  {len(self.contenders)} runner(s)-up not shown to be worse than it (verdict unresolved or equivalent)")
+        for candidate in self.contenders:
             coefficients = ", ".join(f"{name}={candidate[name]:g}" for name in COEFFICIENT_DIMENSIONS if candidate.get(name) is not None)
-            lines.append(f"    {candidate['config_id']} ({coefficients}): {self.metric} {candidate['mean']:.4g}, difference {candidate['difference']:+.4g} [{candidate['low']:+.4g}, {candidate['high']:+.4g}]")
+            lines.append(
+                f"    {candidate['config_id']} ({coefficients}): {self.metric} {candidate['mean']:.4g}, difference {candidate['difference']:+.4g} "
+                f"[{candidate['low']:+.4g}, {candidate['high']:+.4g}] at {candidate['level']:.1%}, {candidate['verdict']} ({candidate['seeds']})"
+            )
+        if self.method:
+            lines.append(f"  {self.method}")
         return "\n".join(lines)
 
 
@@ -81,11 +89,19 @@ def derive_coefficients(run_dir: Path) -> Derivation:
     constraint = next(
         (c for g in info.get("groups", []) if g["name"] == group for c in g["constraints"] if c["cost"] == "flops"), None
     )
-    eligible = set(winner.ranking.loc[winner.ranking["eligible"], "config_id"])
-    done = frame[(frame["group"] == group) & (frame["state"] == "complete") & frame["config_id"].isin(eligible)]
-    tied = stats.indistinguishable_from_winner(done, winner.config_id, winner.metric, WinnerRule.from_info(info, group).direction == "maximize")
-    params = done.groupby("config_id")[[f"param.{name}" for name in COEFFICIENT_DIMENSIONS if f"param.{name}" in done.columns]].first()
-    indistinguishable = tuple(
-        {**row, **{name: params.loc[row["config_id"]].get(f"param.{name}") for name in COEFFICIENT_DIMENSIONS}} for row in tied.to_dict("records")
+    found = grid_runners_up(info, frame)
+    runners = [] if found is None or found[0] != winner.config_id else found[1]
+    rule = DecisionRule.from_info(info)
+    maximize = WinnerRule.from_info(info, group).direction == "maximize"
+    decided = decide(frame, [(runner, winner.config_id) for runner in runners], winner.metric, rule, maximize)
+    rows = frame[frame["state"] == "complete"]
+    params = rows.groupby("config_id")[[f"param.{name}" for name in COEFFICIENT_DIMENSIONS if f"param.{name}" in rows.columns]].first()
+    contenders = tuple(
+        {
+            "config_id": runner, "mean": float(rows.loc[rows["config_id"] == runner, winner.metric].mean()), "difference": c.difference,
+            "low": c.low, "high": c.high, "level": c.level, "verdict": c.verdict, "seeds": c.seeds_text(),
+            **{name: params.loc[runner].get(f"param.{name}") for name in COEFFICIENT_DIMENSIONS},
+        }
+        for (runner, _), c in decided.items() if c.verdict in (stats.UNRESOLVED, stats.EQUIVALENT)
     )
-    return Derivation(group, winner.metric, winner.score, winner.seeds, coefficients, ratios, constraint, winner.ranking, indistinguishable)
+    return Derivation(group, winner.metric, winner.score, winner.seeds, coefficients, ratios, constraint, winner.ranking, contenders, rule.describe())
