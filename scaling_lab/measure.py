@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import functools
+import ast
 import hashlib
 import json
 import math
@@ -56,8 +57,6 @@ PARTS = {
 }
 
 
-# Source files (relative to the package) whose code decides a spec's counts.
-COUNTED_SOURCES = ("spec.py", "scaling.py", "measure.py", "models")
 # Latency timing: LATENCY_RUNS timed forwards after LATENCY_WARMUP untimed ones, per attempt. A
 # median stands when the interquartile range of its runs is at most MAX_RELATIVE_SPREAD of it;
 # otherwise the whole attempt (warm-up included) is repeated, up to LATENCY_ATTEMPTS in all.
@@ -186,15 +185,62 @@ class Measurement:
         return dataclasses.asdict(self)
 
 
+def counted_sources(root: Path = Path(__file__).parent, entry: str = "measure.py") -> tuple[str, ...]:
+    """The package's source files (relative to ``root``) that ``entry`` imports, directly or
+    through other package modules, function-level imports included: the code that builds and
+    counts a model. Derived from the imports, so a module that moves or is added is covered."""
+    package = root.name
+    found: set[str] = set()
+    pending = [root / entry]
+    while pending:
+        path = pending.pop()
+        relative = path.relative_to(root).as_posix()
+        if relative in found:
+            continue
+        found.add(relative)
+        for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: resolved against the importing module's package
+                    parts = path.relative_to(root).parent.parts[: len(path.relative_to(root).parent.parts) - node.level + 1]
+                    base = ".".join((package, *parts, *([node.module] if node.module else [])))
+                else:
+                    base = node.module or ""
+                names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for name in names:
+                pending.extend(_module_files(root, name))
+    return tuple(sorted(found))
+
+
+def _module_files(root: Path, module: str) -> list[Path]:
+    """The files that importing ``module`` runs inside the package at ``root`` (each package's
+    ``__init__.py`` on the way, then the module); none for modules outside it or attributes."""
+    parts = module.split(".")
+    if parts[0] != root.name:
+        return []
+    files, folder = [], root
+    for part in parts[1:]:
+        if (folder / "__init__.py").is_file():
+            files.append(folder / "__init__.py")
+        if (folder / part).is_dir():
+            folder = folder / part
+        elif (folder / f"{part}.py").is_file():
+            return files + [folder / f"{part}.py"]
+        else:
+            return files
+    return files + [folder / "__init__.py"] if (folder / "__init__.py").is_file() else files
+
+
 @functools.lru_cache(maxsize=None)
-def source_fingerprint(root: Path = Path(__file__).parent, sources: tuple[str, ...] = COUNTED_SOURCES) -> str:
-    """Hash of the Python source that builds and counts models (``COUNTED_SOURCES`` under
-    ``root``): part of the cache key, since the package version does not change with edits."""
+def source_fingerprint(root: Path = Path(__file__).parent) -> str:
+    """Hash of the Python source that builds and counts models (``counted_sources``): part of
+    the cache key, since the package version does not change with edits."""
     digest = hashlib.sha256()
-    for source in sources:
-        path = root / source
-        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    for relative in counted_sources(root):
+        digest.update(relative.encode() + b"\0" + (root / relative).read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
 
