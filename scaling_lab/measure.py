@@ -39,9 +39,22 @@ import torch
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.files import atomic_write_text
 from scaling_lab.models import build_model
+from scaling_lab.schema import library_versions
 from scaling_lab.spec import Spec
 
 ELEMENTWISE_OPS = ("add", "mul", "div", "softmax", "sigmoid", "relu")
+# Operators fvcore has no count for that lie outside the papers' multiply-add convention anyway:
+# element-wise maths, reductions, pooling and padding, a few operations per element of a tensor
+# the network computes. Any other uncounted operator (attention, a custom kernel) may hide
+# multiply-adds, so a FLOPs constraint cannot be trusted where one appears.
+NEGLIGIBLE_UNCOUNTED_OPS = frozenset(
+    f"aten::{name}"
+    for name in (
+        "add", "sub", "rsub", "mul", "div", "neg", "abs", "exp", "log", "sqrt", "rsqrt", "pow", "reciprocal",
+        "relu", "relu6", "silu", "sigmoid", "tanh", "gelu", "hardtanh", "hardswish", "hardsigmoid", "leaky_relu",
+        "softmax", "log_softmax", "clamp_min", "mean", "sum", "amax", "max_pool2d", "avg_pool2d", "pad",
+    )
+)
 # Top-level module name -> part of the model it belongs to.
 PARTS = {
     "stem": "backbone",
@@ -62,6 +75,7 @@ PARTS = {
 # otherwise the whole attempt (warm-up included) is repeated, up to LATENCY_ATTEMPTS in all.
 LATENCY_WARMUP, LATENCY_RUNS, LATENCY_ATTEMPTS = 3, 10, 3
 MAX_RELATIVE_SPREAD = 0.2
+COUNTING_LIBRARIES = ("scaling-lab", "torch", "fvcore")  # their versions are part of the cache key
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -178,11 +192,22 @@ class Measurement:
     flops_elementwise: int
     activations: int
     breakdown: dict[str, dict[str, int]]
+    uncounted_ops: dict[str, int] = field(default_factory=dict)  # operator -> calls fvcore could not count
     latency: Latency | None = None
     versions: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def uncounted_significant(self) -> dict[str, int]:
+        """The uncounted operators that may hide multiply-adds (``significant_uncounted``)."""
+        return significant_uncounted(self.uncounted_ops)
+
+
+def significant_uncounted(uncounted: dict[str, int]) -> dict[str, int]:
+    """Uncounted operators outside ``NEGLIGIBLE_UNCOUNTED_OPS`` (in-place forms included)."""
+    return {op: calls for op, calls in uncounted.items() if op.rstrip("_") not in NEGLIGIBLE_UNCOUNTED_OPS}
 
 
 def counted_sources(root: Path = Path(__file__).parent, entry: str = "measure.py") -> tuple[str, ...]:
@@ -246,16 +271,8 @@ def source_fingerprint(root: Path = Path(__file__).parent) -> str:
 
 def measurement_key(spec: Spec) -> str:
     """Cache key of a spec's counts: spec hash, counting source and library versions."""
-    versions = library_versions()
+    versions = library_versions(COUNTING_LIBRARIES)
     return f"{spec.spec_hash}-src{source_fingerprint()}-{'-'.join(f'{k}{v}' for k, v in sorted(versions.items()))}"
-
-
-def library_versions() -> dict[str, str]:
-    import fvcore
-
-    from scaling_lab import __version__
-
-    return {"scaling_lab": __version__, "torch": torch.__version__.split("+")[0], "fvcore": getattr(fvcore, "__version__", "0")}
 
 
 def _elementwise_handle(name: str):
@@ -312,7 +329,8 @@ def count(spec: Spec) -> dict[str, Any]:
             key = "activations" if op == "activations" else "flops_elementwise" if op.startswith("elementwise.") else "flops"
             part[key] += int(value)
     totals = {key: sum(part[key] for part in breakdown.values()) for key in ("params", "flops", "flops_elementwise", "activations")}
-    return {"resolution": spec.resolution, **totals, "breakdown": breakdown}
+    uncounted = {op: int(calls) for op, calls in sorted(analysis.unsupported_ops().items())}
+    return {"resolution": spec.resolution, **totals, "breakdown": breakdown, "uncounted_ops": uncounted}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -417,4 +435,4 @@ def measure(
         if use_cache:
             _write_json(counts_path, counts)
     timed = measure_latency(spec, batch_size, device, dtype, use_cache) if latency else None
-    return Measurement(spec_hash=spec.spec_hash, latency=timed, versions=library_versions(), **counts)
+    return Measurement(spec_hash=spec.spec_hash, latency=timed, versions=library_versions(COUNTING_LIBRARIES), **counts)

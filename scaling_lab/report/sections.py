@@ -12,7 +12,8 @@ from scaling_lab import paper
 from scaling_lab.report import analysis, comparisons, figures
 from scaling_lab.report.figures import human, scale
 from scaling_lab.report.html import Page, definitions, paragraph, preformatted, side_by_side, table
-from scaling_lab.report.run import ACCURACY_METRICS, COSTS, Run
+from scaling_lab.report.run import Run
+from scaling_lab.schema import ACCURACY_METRICS, PLOTTED_COSTS
 
 PAPER_EXPERIMENTS = ("fpn_ablation", "fusion_ablation", "compound_grid", "pareto", "proxy_findings")
 
@@ -104,7 +105,7 @@ def header(run: Run) -> str:
 
 def add_pareto(page: Page, run: Run, configs: pd.DataFrame) -> None:
     metric = run.main_metric
-    costs = [c for c in COSTS if c in configs.columns and configs.dropna(subset=[metric, c]).shape[0] > 0]
+    costs = [c for c in PLOTTED_COSTS if c in configs.columns and configs.dropna(subset=[metric, c]).shape[0] > 0]
     if configs.empty or not costs:
         return
     seeds = int(configs["n_seeds"].max())
@@ -331,7 +332,7 @@ def add_trials(page: Page, run: Run) -> None:
     bootstrapped = [m for m in metrics if f"{m}_ci_low" in trials.columns and trials[f"{m}_ci_low"].notna().any()]
     for metric in bootstrapped:
         trials[f"{metric}_interval"] = trials.apply(interval(metric), axis=1)
-    costs = [c for c in (*COSTS, "flops_ratio", "wall_time_s", "epochs_done") if c in trials.columns and trials[c].notna().any()]
+    costs = [c for c in (*PLOTTED_COSTS, "flops_ratio", "wall_time_s", "epochs_done") if c in trials.columns and trials[c].notna().any()]
     columns = {
         "trial_id": ("trial", lambda v: f"{v:g}"),
         "state": ("state", text),

@@ -11,7 +11,7 @@ from scaling_lab.files import check_output_folder
 from scaling_lab.ranges import POSITIVE_INT, flag
 from scaling_lab.report import write_report
 from scaling_lab.study.config import BACKENDS, load_study
-from scaling_lab.study.results import STATES
+from scaling_lab.schema import FINISHED_STATES, TRIAL_STATES
 from scaling_lab.study.run_folder import check_before_resume, checked_run_dir
 from scaling_lab.study.runner import open_results, run_study
 
@@ -35,7 +35,7 @@ def _run(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     run_dir = checked_run_dir(args.target, args.profile)
     info, frame = open_results(run_dir)
-    counts = {state: int((frame["state"] == state).sum()) if not frame.empty else 0 for state in STATES}
+    counts = {state: int((frame["state"] == state).sum()) if not frame.empty else 0 for state in TRIAL_STATES}
     objective = info["objectives"][0]
     done = frame[frame["state"] == "complete"] if not frame.empty else frame
     best = (
@@ -48,9 +48,9 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**counts, "name": info["name"], "planned_trials": info["planned_trials"], "finished": info["finished"], "best_trials": best_rows}))
         return 0
-    finished = sum(counts[s] for s in STATES if s != "running")
+    finished = sum(counts[s] for s in FINISHED_STATES)
     print(f"{info['name']}: {finished}/{info['planned_trials']} trials done{' (finished)' if info['finished'] else ''}  [{run_dir}]")
-    print("  " + ", ".join(f"{state} {counts[state]}" for state in STATES))
+    print("  " + ", ".join(f"{state} {counts[state]}" for state in TRIAL_STATES))
     if best_rows:
         print(f"best by {objective['metric']} ({objective['direction']}):")
         for row in best_rows:
