@@ -25,12 +25,11 @@ from scaling_lab.spec import Spec
 from scaling_lab.study import results
 from scaling_lab.study.config import StudyConfig
 from scaling_lab.study.search_space import InfeasibleCandidate, SearchSpace
-from scaling_lab.trial import Task, TrialResult
+from scaling_lab.trial import Task, TrialFunction
 
 if TYPE_CHECKING:
     from scaling_lab.measure import Latency
 
-TrialFunction = Callable[..., TrialResult]
 # (epoch, metrics, record so far): called after each validation; may raise to stop the trial.
 EpochHook = Callable[[int, Mapping[str, float], dict], None]
 
