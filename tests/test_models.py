@@ -88,6 +88,23 @@ def test_per_channel_weights_have_one_weight_per_input_and_channel():
     assert node.weights.shape == (len(node.resample), TINY.channels)
 
 
+def test_per_pixel_weights_are_one_map_per_input_at_the_nodes_level_normalized_across_inputs():
+    spec = TINY.replace(fusion_weights="pixel", fusion="softmax")
+    model = build_model(spec)
+    cell = model.feature_network.cells[0]
+    for graph_node, node in zip(cell.graph.nodes, cell.nodes):
+        side = spec.resolution // 2**graph_node.level
+        assert node.weights.shape == (len(graph_node.inputs), side, side)
+        assert torch.allclose(node.normalized_weights().sum(dim=0), torch.ones(side, side))
+    class_logits, box_deltas = model(torch.randn(2, 3, 128, 128))
+    (sum(x.sum() for x in class_logits) + sum(x.sum() for x in box_deltas)).backward()
+    assert all(node.weights.grad is not None and node.weights.grad.abs().sum() > 0 for node in cell.nodes)
+    scalar, pixel = measure(spec.replace(fusion_weights="scalar")), measure(spec)
+    maps = sum(node.weights.numel() - len(node.resample) for cell in model.feature_network.cells for node in cell.nodes)
+    assert pixel.params - scalar.params == maps
+    assert pixel.flops == scalar.flops and pixel.flops_elementwise > scalar.flops_elementwise
+
+
 def fpn_with_node_choices(min_level, max_level):
     """FPN whose top node fuses by softmax and whose next uses NAS-FPN's global-pool attention."""
     nodes = list(feature_graph("fpn", min_level, max_level).nodes)

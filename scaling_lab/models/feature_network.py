@@ -44,7 +44,8 @@ class Resample(nn.Module):
 @dataclass(frozen=True)
 class FusionStyle:
     """How every node of a feature network is built: its channels, the spec's fusion rule and
-    weights, separable convolutions, activation and padding (``from_spec``)."""
+    weights, separable convolutions, activation, padding and the input resolution (per-pixel
+    weights are maps of the node's level at that resolution) (``from_spec``)."""
 
     channels: int
     fusion: str
@@ -52,10 +53,23 @@ class FusionStyle:
     separable: bool
     act: str
     padding: str = "symmetric"
+    resolution: int | None = None
 
     @classmethod
     def from_spec(cls, spec: DetectorSpec) -> "FusionStyle":
-        return cls(spec.channels, spec.fusion, spec.fusion_weights, spec.separable, spec.activation, spec.padding)
+        return cls(spec.channels, spec.fusion, spec.fusion_weights, spec.separable, spec.activation, spec.padding, spec.resolution)
+
+    def weight_shape(self, inputs: int, level: int | None) -> tuple[int, ...]:
+        """One weight per input (``scalar``), per input and channel (``channel``), or per input
+        and pixel of the node's level (``pixel``: a map, shared by the channels)."""
+        if self.fusion_weights == "channel":
+            return (inputs, self.channels)
+        if self.fusion_weights == "pixel":
+            if self.resolution is None or level is None:
+                raise SpecError("fusion_weights 'pixel' needs the resolution and the node's level to size its weight maps")
+            side = self.resolution // 2**level
+            return (inputs, side, side)
+        return (inputs,)
 
 
 class GlobalPoolAttention(nn.Module):
@@ -80,8 +94,9 @@ NODE_OPS: dict[str, type[nn.Module]] = {"global_pool_attention": GlobalPoolAtten
 class FusionNode(nn.Module):
     """Resamples its inputs to its level, combines them, then activation -> (separable) 3×3
     conv -> BN. Combining is the node's own ``op`` where its graph node names one, else its
-    fusion rule (the node's, else the style's); weights start at 1, one per input or one per
-    input and channel: ``sum`` plain sum; ``weighted`` unbounded Σ w_i·I_i; ``softmax``
+    fusion rule (the node's, else the style's); weights start at 1, one per input, per input and
+    channel or per input and pixel (``FusionStyle.weight_shape``), normalized across the inputs:
+    ``sum`` plain sum; ``weighted`` unbounded Σ w_i·I_i; ``softmax``
     Σ softmax(w)_i·I_i; ``fast`` Σ relu(w_i)/(ε + Σ_j relu(w_j))·I_i.
     """
 
@@ -99,8 +114,7 @@ class FusionNode(nn.Module):
             if self.fusion not in FUSIONS:
                 raise SpecError(f"node fusion {self.fusion!r} is not valid; valid values are {', '.join(FUSIONS)}")
             if self.fusion != "sum":
-                shape = (len(in_channels), channels) if style.fusion_weights == "channel" else (len(in_channels),)
-                self.weights = nn.Parameter(torch.ones(shape))
+                self.weights = nn.Parameter(torch.ones(style.weight_shape(len(in_channels), node.level if node is not None else None)))
         self.act = activation(style.act)
         self.conv = head_conv(channels, channels, style.separable)
         self.bn = batch_norm(channels)
@@ -122,8 +136,10 @@ class FusionNode(nn.Module):
                 fused = fused + x
             return fused
         weights = self.normalized_weights()
-        if weights.ndim == 2:
+        if weights.ndim == 2:  # per channel
             weights = weights[:, :, None, None]
+        elif weights.ndim == 3:  # per pixel
+            weights = weights[:, None]
         fused = weights[0] * resampled[0]
         for weight, x in zip(weights[1:], resampled[1:]):
             fused = fused + weight * x
