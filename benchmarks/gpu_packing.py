@@ -35,7 +35,7 @@ from train_speed import describe, our_steps, synchronize  # noqa: E402
 from scaling_lab.spec_files import load_spec  # noqa: E402
 from scaling_lab.study import load_study, run_study  # noqa: E402
 from scaling_lab.study.ray_backend import estimated_training_bytes  # noqa: E402
-from scaling_lab.study.runner import cost_counts  # noqa: E402
+from scaling_lab.study.candidate import cost_counts  # noqa: E402
 
 
 def memory(args) -> list[dict]:

@@ -10,6 +10,7 @@ from typing import Any
 from scaling_lab.measure import Measurement, measure
 from scaling_lab.paper import OFFICIAL_FLOPS, OFFICIAL_PARAMS, EfficientNetRow, paper_row
 from scaling_lab.presets import PRESETS
+from scaling_lab.schema import uncounted_text
 from scaling_lab.ranges import POSITIVE_INT, flag
 from scaling_lab.spec import BackboneSpec, DetectorSpec, Spec
 from scaling_lab.spec_files import load_spec
@@ -96,6 +97,11 @@ def measure_command(args: argparse.Namespace) -> int:
     print(f"FLOPs        {result.flops:>15,}  ({_human(result.flops)} multiply-adds: convs, linear, BN, pooling, upsampling)")
     print(f"element-wise {result.flops_elementwise:>15,}  ({_human(result.flops_elementwise)}: add, mul, div, softmax, sigmoid, relu)")
     print(f"activations  {result.activations:>15,}  ({_human(result.activations)})")
+    if result.uncounted_ops:
+        print(f"uncounted    {uncounted_text(result.uncounted_ops)}")
+        significant = result.uncounted_significant
+        note = f"may hide multiply-adds: {', '.join(significant)}" if significant else "element-wise, reduction, pooling and padding ops only"
+        print(f"             (fvcore has no count for these; {note})")
     if result.latency:
         lat = result.latency
         print(f"latency      on {lat.device}, {lat.dtype}")

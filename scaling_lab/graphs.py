@@ -4,6 +4,11 @@ Ids 0..n-1 are the cell's inputs, one per level from min_level up; each new node
 id. A cell's output at a level is the last node at that level (an input passes through when no
 node writes its level). Repeating a network means stacking its cell. One fusion module
 (``models.feature_network``) builds any of them.
+
+A node fuses its inputs by the spec's rule unless it names its own: ``fusion`` (a per-node
+weight method, as the official ``fpn_configs`` allow) or ``op``, an operation of
+``models.feature_network.NODE_OPS`` (e.g. NAS-FPN's global-pool attention) that replaces the
+weighted fusion for that node.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from scaling_lab.errors import SpecError
 class Node:
     level: int
     inputs: tuple[int, ...]
+    fusion: str | None = None  # this node's fusion rule; None: the spec's
+    op: str | None = None  # this node's own operation in place of fusion; None: fusion
 
 
 @dataclass(frozen=True)
@@ -49,9 +56,9 @@ class _Builder:
     def last(self, level: int) -> int:
         return self.ids_at[level][-1]
 
-    def add(self, level: int, inputs: list[int]) -> int:
+    def add(self, level: int, inputs: list[int], fusion: str | None = None, op: str | None = None) -> int:
         node_id = len(self.ids_at) + len(self.nodes)
-        self.nodes.append(Node(level, tuple(inputs)))
+        self.nodes.append(Node(level, tuple(inputs), fusion, op))
         self.ids_at[level].append(node_id)
         return node_id
 

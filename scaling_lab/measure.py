@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import functools
+import ast
 import hashlib
 import json
 import math
@@ -38,9 +39,22 @@ import torch
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.files import atomic_write_text
 from scaling_lab.models import build_model
+from scaling_lab.schema import library_versions
 from scaling_lab.spec import Spec
 
 ELEMENTWISE_OPS = ("add", "mul", "div", "softmax", "sigmoid", "relu")
+# Operators fvcore has no count for that lie outside the papers' multiply-add convention anyway:
+# element-wise maths, reductions, pooling and padding, a few operations per element of a tensor
+# the network computes. Any other uncounted operator (attention, a custom kernel) may hide
+# multiply-adds, so a FLOPs constraint cannot be trusted where one appears.
+NEGLIGIBLE_UNCOUNTED_OPS = frozenset(
+    f"aten::{name}"
+    for name in (
+        "add", "sub", "rsub", "mul", "div", "neg", "abs", "exp", "log", "sqrt", "rsqrt", "pow", "reciprocal",
+        "relu", "relu6", "silu", "sigmoid", "tanh", "gelu", "hardtanh", "hardswish", "hardsigmoid", "leaky_relu",
+        "softmax", "log_softmax", "clamp_min", "mean", "sum", "amax", "max_pool2d", "avg_pool2d", "pad",
+    )
+)
 # Top-level module name -> part of the model it belongs to.
 PARTS = {
     "stem": "backbone",
@@ -56,13 +70,12 @@ PARTS = {
 }
 
 
-# Source files (relative to the package) whose code decides a spec's counts.
-COUNTED_SOURCES = ("spec.py", "scaling.py", "measure.py", "models")
 # Latency timing: LATENCY_RUNS timed forwards after LATENCY_WARMUP untimed ones, per attempt. A
 # median stands when the interquartile range of its runs is at most MAX_RELATIVE_SPREAD of it;
 # otherwise the whole attempt (warm-up included) is repeated, up to LATENCY_ATTEMPTS in all.
 LATENCY_WARMUP, LATENCY_RUNS, LATENCY_ATTEMPTS = 3, 10, 3
 MAX_RELATIVE_SPREAD = 0.2
+COUNTING_LIBRARIES = ("scaling-lab", "torch", "fvcore")  # their versions are part of the cache key
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -179,37 +192,87 @@ class Measurement:
     flops_elementwise: int
     activations: int
     breakdown: dict[str, dict[str, int]]
+    uncounted_ops: dict[str, int] = field(default_factory=dict)  # operator -> calls fvcore could not count
     latency: Latency | None = None
     versions: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def uncounted_significant(self) -> dict[str, int]:
+        """The uncounted operators that may hide multiply-adds (``significant_uncounted``)."""
+        return significant_uncounted(self.uncounted_ops)
+
+
+def significant_uncounted(uncounted: dict[str, int]) -> dict[str, int]:
+    """Uncounted operators outside ``NEGLIGIBLE_UNCOUNTED_OPS`` (in-place forms included)."""
+    return {op: calls for op, calls in uncounted.items() if op.rstrip("_") not in NEGLIGIBLE_UNCOUNTED_OPS}
+
+
+def counted_sources(root: Path = Path(__file__).parent, entry: str = "measure.py") -> tuple[str, ...]:
+    """The package's source files (relative to ``root``) that ``entry`` imports, directly or
+    through other package modules, function-level imports included: the code that builds and
+    counts a model. Derived from the imports, so a module that moves or is added is covered."""
+    package = root.name
+    found: set[str] = set()
+    pending = [root / entry]
+    while pending:
+        path = pending.pop()
+        relative = path.relative_to(root).as_posix()
+        if relative in found:
+            continue
+        found.add(relative)
+        for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: resolved against the importing module's package
+                    parts = path.relative_to(root).parent.parts[: len(path.relative_to(root).parent.parts) - node.level + 1]
+                    base = ".".join((package, *parts, *([node.module] if node.module else [])))
+                else:
+                    base = node.module or ""
+                names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for name in names:
+                pending.extend(_module_files(root, name))
+    return tuple(sorted(found))
+
+
+def _module_files(root: Path, module: str) -> list[Path]:
+    """The files that importing ``module`` runs inside the package at ``root`` (each package's
+    ``__init__.py`` on the way, then the module); none for modules outside it or attributes."""
+    parts = module.split(".")
+    if parts[0] != root.name:
+        return []
+    files, folder = [], root
+    for part in parts[1:]:
+        if (folder / "__init__.py").is_file():
+            files.append(folder / "__init__.py")
+        if (folder / part).is_dir():
+            folder = folder / part
+        elif (folder / f"{part}.py").is_file():
+            return files + [folder / f"{part}.py"]
+        else:
+            return files
+    return files + [folder / "__init__.py"] if (folder / "__init__.py").is_file() else files
+
 
 @functools.lru_cache(maxsize=None)
-def source_fingerprint(root: Path = Path(__file__).parent, sources: tuple[str, ...] = COUNTED_SOURCES) -> str:
-    """Hash of the Python source that builds and counts models (``COUNTED_SOURCES`` under
-    ``root``): part of the cache key, since the package version does not change with edits."""
+def source_fingerprint(root: Path = Path(__file__).parent) -> str:
+    """Hash of the Python source that builds and counts models (``counted_sources``): part of
+    the cache key, since the package version does not change with edits."""
     digest = hashlib.sha256()
-    for source in sources:
-        path = root / source
-        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    for relative in counted_sources(root):
+        digest.update(relative.encode() + b"\0" + (root / relative).read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
 
 def measurement_key(spec: Spec) -> str:
     """Cache key of a spec's counts: spec hash, counting source and library versions."""
-    versions = library_versions()
+    versions = library_versions(COUNTING_LIBRARIES)
     return f"{spec.spec_hash}-src{source_fingerprint()}-{'-'.join(f'{k}{v}' for k, v in sorted(versions.items()))}"
-
-
-def library_versions() -> dict[str, str]:
-    import fvcore
-
-    from scaling_lab import __version__
-
-    return {"scaling_lab": __version__, "torch": torch.__version__.split("+")[0], "fvcore": getattr(fvcore, "__version__", "0")}
 
 
 def _elementwise_handle(name: str):
@@ -266,7 +329,8 @@ def count(spec: Spec) -> dict[str, Any]:
             key = "activations" if op == "activations" else "flops_elementwise" if op.startswith("elementwise.") else "flops"
             part[key] += int(value)
     totals = {key: sum(part[key] for part in breakdown.values()) for key in ("params", "flops", "flops_elementwise", "activations")}
-    return {"resolution": spec.resolution, **totals, "breakdown": breakdown}
+    uncounted = {op: int(calls) for op, calls in sorted(analysis.unsupported_ops().items())}
+    return {"resolution": spec.resolution, **totals, "breakdown": breakdown, "uncounted_ops": uncounted}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -371,4 +435,4 @@ def measure(
         if use_cache:
             _write_json(counts_path, counts)
     timed = measure_latency(spec, batch_size, device, dtype, use_cache) if latency else None
-    return Measurement(spec_hash=spec.spec_hash, latency=timed, versions=library_versions(), **counts)
+    return Measurement(spec_hash=spec.spec_hash, latency=timed, versions=library_versions(COUNTING_LIBRARIES), **counts)

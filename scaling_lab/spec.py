@@ -26,7 +26,7 @@ from scaling_lab.graphs import feature_graph
 
 ACTIVATIONS = ("swish", "relu", "relu6", "hard_swish", "gelu")
 FUSIONS = ("sum", "weighted", "softmax", "fast")
-FUSION_WEIGHTS = ("scalar", "channel")
+FUSION_WEIGHTS = ("scalar", "channel", "pixel")
 PADDINGS = ("same", "symmetric")
 # The anchors of the official EfficientDet (and effdet's ports of its weights): (x, y) scale pairs.
 REFERENCE_ASPECT_RATIOS = ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4))

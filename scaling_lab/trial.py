@@ -7,13 +7,15 @@ reports and the command line share with it.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
 
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.ranges import BUDGET_RANGES, TASK_RANGES, check_fields
-from scaling_lab.spec import coerce_field
+from scaling_lab.spec import Spec, coerce_field
 
 TASK_KINDS = ("detection", "classification")
 OPTIMIZERS = ("sgd", "adamw")
@@ -45,6 +47,11 @@ def _from_mapping(cls, data: Mapping[str, Any] | None, where: str):
 @dataclass(frozen=True)
 class Task:
     """What a trial trains on and how.
+
+    The rule for a new setting: it belongs here, and so to a run folder's identity, when it can
+    change what a trial measures (its data, its recipe, its numerics: ``bf16`` is here); it belongs
+    to the study's ``Resources`` when it only changes where and how fast the same computation runs
+    (CPUs, GPUs, workers), so that a study resumed on other hardware keeps its trials.
 
     ``data`` is ``synthetic`` (the embedded generated dataset; ``synthetic`` holds its knobs as
     sorted (key, value) pairs) or a folder: for detection ``<data>/{train,val}/images/`` with
@@ -179,3 +186,37 @@ class TrialResult:
 # Called after each validation with (epoch, metrics); it may raise to stop the trial
 # (optuna.TrialPruned, or Ray Tune stopping it).
 ReportCallback = Callable[[int, Mapping[str, float]], None]
+
+
+class TrialFunction(Protocol):
+    """What a study calls to train one candidate: ``scaling_lab.train.run_trial``, or a stand-in
+    with the same parameters (the tests' fake trial; ``trial_function_problems`` checks one)."""
+
+    def __call__(
+        self,
+        spec: Spec,
+        task: Task,
+        budget: Budget,
+        report: ReportCallback | None = None,
+        seed: int = 0,
+        checkpoint_dir: str | Path | None = None,
+        device: str | None = None,
+        progress: bool = False,
+    ) -> TrialResult: ...
+
+
+def trial_function_problems(function: Callable[..., Any]) -> list[str]:
+    """Where ``function`` does not take ``TrialFunction``'s parameters (empty when it does):
+    each must be accepted under its name, or by ``**kwargs``, and the optional ones need defaults."""
+    wanted = list(inspect.signature(TrialFunction.__call__).parameters.values())[1:]
+    given = inspect.signature(function).parameters
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in given.values())
+    problems = []
+    for parameter in wanted:
+        found = given.get(parameter.name)
+        if found is None or found.kind in (found.POSITIONAL_ONLY, found.VAR_POSITIONAL):
+            if not takes_any:
+                problems.append(f"it takes no parameter {parameter.name!r}")
+        elif parameter.default is not parameter.empty and found.default is found.empty:
+            problems.append(f"its parameter {parameter.name!r} needs a default ({parameter.default!r})")
+    return problems

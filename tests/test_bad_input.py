@@ -194,13 +194,23 @@ def test_bad_input_is_a_clear_error(name, arguments, status, words, tmp_path, fi
 
 
 def test_unusable_output_folders_are_refused_before_training(tmp_path, capsys, monkeypatch):
-    """The study must not train for an hour and then fail to write: nothing runs at all."""
+    """The study must not train for an hour and then fail to write: nothing runs at all. The
+    folder checked is the one the report goes to (``report_dir_for`` the run folder)."""
     monkeypatch.chdir(tmp_path)
     calls = []
     monkeypatch.setattr("scaling_lab.study.session.default_trial_function", lambda: calls.append(1) or fake_trial)
-    blocker = Path(spec_file(tmp_path, "x", "reports"))  # the report folder reports/<name> cannot be made
-    assert invoke(["run", str(write_study(tmp_path))], capsys)[0] == 2
-    assert calls == [] and not (tmp_path / "run").exists() and blocker.read_text() == "x"
+    study = str(write_study(tmp_path))
+    (tmp_path / "runs").mkdir()
+    blocker = Path(spec_file(tmp_path, "x", "reports"))  # reports/<run folder name> cannot be made
+    code, err = invoke(["run", study, "--run-dir", "runs/tiny-cpu"], capsys)
+    assert code == 2 and "report folder" in err and "reports/tiny-cpu" in err
+    assert calls == [] and not (tmp_path / "runs" / "tiny-cpu").exists() and blocker.read_text() == "x"
+    blocker.unlink()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "report").write_text("x")  # outside runs/ the report goes to <run folder>/report
+    code, err = invoke(["run", study, "--run-dir", "elsewhere"], capsys)
+    assert code == 2 and "elsewhere/report: is a file" in err
+    assert calls == [] and not (tmp_path / "elsewhere" / "study.db").exists()
 
 
 @pytest.mark.parametrize("name", DATA_DAMAGE)

@@ -16,6 +16,7 @@ from scaling_lab.measure import (
     LATENCY_WARMUP,
     Latency,
     Timing,
+    counted_sources,
     measure,
     measure_latency,
     source_fingerprint,
@@ -185,17 +186,27 @@ def test_the_cache_key_changes_with_the_counting_source_and_a_stale_entry_is_not
     assert measure(spec).params == cached.params + 1
 
 
-def test_the_source_fingerprint_covers_models_measure_spec_and_scaling(tmp_path):
+def test_the_source_fingerprint_covers_every_module_the_builder_imports(tmp_path):
     package = Path(measure_module.__file__).parent
     root = tmp_path / "scaling_lab"
     shutil.copytree(package, root)
     fingerprint = source_fingerprint.__wrapped__
     before = fingerprint(root)
     assert before == source_fingerprint()  # the same files, the same key
-    for edited in ("models/backbone.py", "models/layers.py", "measure.py", "spec.py", "scaling.py"):
+    for edited in ("graphs.py", "models/backbone.py", "models/layers.py", "measure.py", "spec.py", "scaling.py"):
         original = (root / edited).read_text()
         (root / edited).write_text(original + "\n# edited\n")
         assert fingerprint(root) != before, edited
         (root / edited).write_text(original)
     (root / "report" / "html.py").write_text("# not counting code\n")
     assert fingerprint(root) == before
+
+
+def test_a_module_the_builder_starts_to_import_is_counted_from_then_on(tmp_path):
+    root = tmp_path / "scaling_lab"
+    shutil.copytree(Path(measure_module.__file__).parent, root)
+    (root / "node_ops.py").write_text("SCALE = 1\n")
+    assert "node_ops.py" not in counted_sources(root)
+    graphs = root / "graphs.py"
+    graphs.write_text(graphs.read_text() + "\n\ndef _late():\n    from scaling_lab.node_ops import SCALE\n")
+    assert "node_ops.py" in counted_sources(root)

@@ -4,10 +4,14 @@ import time
 
 import pytest
 
-from scaling_lab.measure import measure
+from scaling_lab import measure as measure_module
+from scaling_lab.cli import main
+from scaling_lab.measure import measure, significant_uncounted
 from scaling_lab.paper import OFFICIAL_FLOPS
 from scaling_lab.presets import PRESETS, preset
+from scaling_lab.study import load_study, run_study
 from tests.test_models import TINY
+from tests.test_study_helpers import fake_trial, write_study
 
 
 def test_d0_flops_within_one_percent_of_the_official_count():
@@ -58,3 +62,46 @@ def test_latency_is_timed_at_batch_one_and_batch_n():
     for timing in (result.latency.batch1, result.latency.batch):
         assert timing.runs == 10 and 0 < timing.min_ms <= timing.q1_ms <= timing.median_ms <= timing.q3_ms <= timing.max_ms
     assert result.latency.device.startswith("cpu")
+
+
+# --- operators fvcore cannot count ------------------------------------------------------------
+
+
+def test_uncounted_operators_are_recorded_and_ours_are_all_negligible():
+    result = measure(preset("efficientdet-d0"))
+    assert {"aten::silu", "aten::max_pool2d", "aten::pad"} <= set(result.uncounted_ops)
+    assert all(calls > 0 for calls in result.uncounted_ops.values())
+    assert result.uncounted_significant == {}  # every operator our builder uses is counted or cheap
+    assert significant_uncounted({"aten::silu_": 4, "aten::scaled_dot_product_attention": 2}) == {"aten::scaled_dot_product_attention": 2}
+
+
+def test_measure_command_shows_the_uncounted_operators(capsys):
+    assert main(["measure", "efficientdet-d0", "--set", "resolution=256"]) == 0
+    assert "uncounted    aten::max_pool2d×" in capsys.readouterr().out
+
+
+def test_a_flops_constraint_fails_loudly_on_an_operator_that_may_hide_multiply_adds(tmp_path, monkeypatch):
+    real_count = measure_module.count
+
+    def count_with_attention(spec):
+        counts = real_count(spec)
+        if spec.channels == 24:  # as if this configuration's nodes used an attention fvcore cannot count
+            counts["uncounted_ops"] = {**counts["uncounted_ops"], "aten::scaled_dot_product_attention": 3}
+        return counts
+
+    monkeypatch.setattr(measure_module, "count", count_with_attention)
+    monkeypatch.setenv("SCALING_LAB_CACHE", str(tmp_path / "cache"))
+    path = write_study(tmp_path, repeats=1, search_space={
+        "parameters": {"channels": {"type": "grid", "values": [16, 24]}},
+        "constraints": {"flops": {"max": 4.0, "relative": True}},
+    })
+    frame = run_study(load_study(path), trial_function=fake_trial, out=None).set_index("channels")
+    assert frame.loc[16, "state"] == "complete" and "aten::silu×" in frame.loc[16, "uncounted_ops"]
+    assert frame.loc[24, "state"] == "failed"
+    assert "flops constraint cannot be checked" in frame.loc[24, "error"]
+    assert "aten::scaled_dot_product_attention×3" in frame.loc[24, "error"]
+    # without a FLOPs constraint the operator is only recorded
+    path = write_study(tmp_path, repeats=1, run_dir=str(tmp_path / "free"),
+                       search_space={"parameters": {"channels": {"type": "grid", "values": [24]}}})
+    free = run_study(load_study(path), trial_function=fake_trial, out=None)
+    assert free.loc[0, "state"] == "complete" and "aten::scaled_dot_product_attention×3" in free.loc[0, "uncounted_ops"]

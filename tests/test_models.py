@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from scaling_lab.models import build_model
-from scaling_lab.models.feature_network import FusionNode
-from scaling_lab.graphs import GRAPHS, Node, feature_graph
+from scaling_lab.errors import SpecError
+from scaling_lab.measure import measure
+from scaling_lab.models.feature_network import FusionNode, FusionStyle, GlobalPoolAttention
+from scaling_lab.graphs import GRAPHS, FeatureGraph, Node, feature_graph
 from scaling_lab.paper import OFFICIAL_PARAMS
 from scaling_lab.presets import PRESETS, preset
 from scaling_lab.spec import FUSIONS
@@ -68,7 +70,7 @@ def test_every_feature_network_and_fusion_rule_gives_every_level_and_trains_ever
 
 def test_fusion_rules_weigh_inputs_as_the_paper_defines():
     def node(fusion):
-        return FusionNode([4, 4], [0, 0], 4, fusion, "scalar", separable=True, act="swish")
+        return FusionNode([4, 4], [0, 0], FusionStyle(4, fusion, "scalar", separable=True, act="swish"))
 
     weights = torch.tensor([3.0, -1.0])
     fast, softmax, weighted = node("fast"), node("softmax"), node("weighted")
@@ -84,6 +86,53 @@ def test_per_channel_weights_have_one_weight_per_input_and_channel():
     model = build_model(TINY.replace(fusion_weights="channel"))
     node = next(m for m in model.modules() if isinstance(m, FusionNode))
     assert node.weights.shape == (len(node.resample), TINY.channels)
+
+
+def test_per_pixel_weights_are_one_map_per_input_at_the_nodes_level_normalized_across_inputs():
+    spec = TINY.replace(fusion_weights="pixel", fusion="softmax")
+    model = build_model(spec)
+    cell = model.feature_network.cells[0]
+    for graph_node, node in zip(cell.graph.nodes, cell.nodes):
+        side = spec.resolution // 2**graph_node.level
+        assert node.weights.shape == (len(graph_node.inputs), side, side)
+        assert torch.allclose(node.normalized_weights().sum(dim=0), torch.ones(side, side))
+    class_logits, box_deltas = model(torch.randn(2, 3, 128, 128))
+    (sum(x.sum() for x in class_logits) + sum(x.sum() for x in box_deltas)).backward()
+    assert all(node.weights.grad is not None and node.weights.grad.abs().sum() > 0 for node in cell.nodes)
+    scalar, pixel = measure(spec.replace(fusion_weights="scalar")), measure(spec)
+    maps = sum(node.weights.numel() - len(node.resample) for cell in model.feature_network.cells for node in cell.nodes)
+    assert pixel.params - scalar.params == maps
+    assert pixel.flops == scalar.flops and pixel.flops_elementwise > scalar.flops_elementwise
+
+
+def fpn_with_node_choices(min_level, max_level):
+    """FPN whose top node fuses by softmax and whose next uses NAS-FPN's global-pool attention."""
+    nodes = list(feature_graph("fpn", min_level, max_level).nodes)
+    nodes[0] = Node(nodes[0].level, nodes[0].inputs, fusion="softmax")
+    nodes[1] = Node(nodes[1].level, nodes[1].inputs, op="global_pool_attention")
+    return FeatureGraph(min_level, max_level, tuple(nodes))
+
+
+def test_a_graph_node_may_carry_its_own_fusion_rule_or_operation(monkeypatch):
+    monkeypatch.setitem(GRAPHS, "fpn_choices", fpn_with_node_choices)
+    spec = TINY.replace(feature_network="fpn_choices", fusion="sum")
+    model = build_model(spec)
+    first, second, third = model.feature_network.cells[0].nodes[:3]
+    assert first.fusion == "softmax" and first.weights.shape == (2,)
+    assert isinstance(second.op, GlobalPoolAttention) and not hasattr(second, "weights")
+    assert third.fusion == "sum" and third.op is None
+    class_logits, _ = model(torch.randn(2, 3, 128, 128))
+    assert len(class_logits) == 5
+    a, b = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    assert torch.allclose(second.op([a, b]), a * torch.sigmoid(b.mean(dim=(2, 3), keepdim=True)) + b)
+    plain = measure(TINY.replace(feature_network="fpn", fusion="sum"))
+    chosen = measure(spec)
+    assert chosen.flops == plain.flops and chosen.flops_elementwise > plain.flops_elementwise  # the gate's sigmoid and mul count
+    assert chosen.uncounted_significant == {}
+    bad = FeatureGraph(3, 7, (Node(6, (3, 4), op="attention"),))
+    monkeypatch.setitem(GRAPHS, "bad_op", lambda lo, hi: bad)
+    with pytest.raises(SpecError, match="node op 'attention' is not valid; valid ops are global_pool_attention"):
+        build_model(TINY.replace(feature_network="bad_op"))
 
 
 def test_d7x_reaches_p8_and_levels_can_shrink():

@@ -25,5 +25,6 @@ def test_quickstart_runs_and_its_report_renders(tmp_path, monkeypatch, capsys):
     index = tmp_path / "reports" / "quickstart" / "index.html"
     check = assert_renders(index, SCREENSHOT_DIR / "quickstart-screenshot.png")
     assert len(check["figures"]) >= 5  # four fronts and the scaling curve, at least
-    pngs = sorted((index.parent / "figures").glob("figure-*.png"))  # kaleido drives the same Chromium
+    pngs = sorted((index.parent / "figures").glob("*.png"))  # kaleido drives the same Chromium
+    assert {"pareto-flops.png", "scaling-rules.png", "training-curves.png"} <= {png.name for png in pngs}
     assert len(pngs) == len(check["figures"]) and all(png.stat().st_size > 10_000 for png in pngs)

@@ -19,7 +19,7 @@ from scaling_lab.cli import main
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.study.search_space import config_id
 from scaling_lab.report import write_report
-from scaling_lab.report import analysis
+from scaling_lab.report import analysis, figures, sections
 from scaling_lab.report.analysis import ablation_table, compound_grid, configurations, derived_coefficients, fusion_pairs
 from scaling_lab.report.figures import colour_labels
 from scaling_lab.report.findings import figure_lines
@@ -246,6 +246,20 @@ def test_report_outputs_and_sections(run_dir: Path, tmp_path: Path):
     assert "1 failed" in page and "1 rejected" in page and "1 pruned" in page
 
 
+def test_figures_are_named_by_what_they_show_and_a_new_section_renames_none(run_dir: Path, monkeypatch):
+    run = load_run(run_dir)
+    names = [name for name, _ in sections.build_page(run).figures]
+    assert names == ["pareto-flops", "pareto-params", "pareto-activations", "pareto-latency_ms", "compound-grid", "scaling-rules", "training-curves"]
+
+    def add_first(page, run, configs):  # a new section with a figure, put first
+        page.add("first", "A new first section", page.figure(figures.training_curves_figure(run, analysis.best_trials(run)), "new-figure"))
+
+    monkeypatch.setattr(sections, "SECTIONS", [add_first, *sections.SECTIONS])
+    page = sections.build_page(run)
+    assert [name for name, _ in page.figures] == ["new-figure", *names]
+    assert page.sections[0].title == "A new first section"
+
+
 def test_seed_means_and_front(run_dir: Path):
     run = load_run(run_dir)
     configs = configurations(run)
@@ -399,7 +413,7 @@ def test_proxy_findings_markdown(run_dir: Path, tmp_path: Path):
     assert findings.count("| 1 | ") == 3 and "| +2.1 |" in findings  # compound vs depth at phi 1, paper 81.1 − 79.0
     assert all(verdict in findings for verdict in ("reference", "better"))
     assert "No figures" in findings  # png=False; with PNGs each is shown under its title:
-    assert figure_lines([("figures/figure-1.png", "Pareto front")]) == ["### Pareto front", "", "![Pareto front](figures/figure-1.png)", ""]
+    assert figure_lines([("figures/pareto-flops.png", "Pareto front")]) == ["### Pareto front", "", "![Pareto front](figures/pareto-flops.png)", ""]
 
 
 def test_points_are_coloured_by_what_differs_within_a_group():

@@ -144,15 +144,15 @@ def test_grid_is_never_cut_short_by_the_rejection_guard_and_unmeasurable_specs_f
     monkeypatch.setattr("scaling_lab.study.session.MAX_CONSECUTIVE_REJECTIONS", 2)
     from scaling_lab.study import candidate, session
 
-    real = candidate.cost_counts
+    real = candidate.measured_costs
 
     def flaky_counts(spec, base_costs=None):
         if spec.channels == 40:
             raise MemoryError("fvcore ran out of memory (simulated)")
         return real(spec, base_costs)
 
-    monkeypatch.setattr(candidate, "cost_counts", flaky_counts)
-    monkeypatch.setattr(session, "cost_counts", flaky_counts)
+    monkeypatch.setattr(candidate, "measured_costs", flaky_counts)
+    monkeypatch.setattr(session, "cost_counts", lambda spec, base_costs=None: flaky_counts(spec, base_costs)[0])
     path = write_study(tmp_path, repeats=1, search_space={
         "parameters": {"channels": {"type": "grid", "values": [64, 72, 80, 40, 16]}},
         "constraints": {"flops": {"max": 1.2, "relative": True}},

@@ -16,6 +16,7 @@ from scaling_lab.errors import ScalingLabError
 from scaling_lab.files import read_parquet
 from scaling_lab.study import load_study, run_dir_for, run_study
 from scaling_lab.study.derive import derive_coefficients
+from scaling_lab.trial import trial_function_problems
 sys.path.insert(0, str(Path(__file__).parent))
 from test_study_helpers import fake_trial, write_study  # noqa: E402
 
@@ -220,3 +221,18 @@ def test_median_pruner_stops_a_clearly_bad_configuration(tmp_path):
     frame = run_study(config, trial_function=fake_trial, out=None).set_index("channels")
     assert frame.loc[8, "state"] == "pruned" and frame.loc[8, "epochs_done"] == 1
     assert (frame.drop(index=8)["state"] == "complete").all() and (frame.drop(index=8)["epochs_done"] == 3).all()
+
+
+def test_the_real_and_the_fake_trial_functions_take_what_a_study_passes(tmp_path):
+    from scaling_lab.train import run_trial
+
+    assert trial_function_problems(run_trial) == []
+    assert trial_function_problems(fake_trial) == []
+
+    def no_seed(spec, task, budget, report=None):
+        raise AssertionError("never called")
+
+    assert trial_function_problems(no_seed) == [f"it takes no parameter {name!r}" for name in ("seed", "checkpoint_dir", "device", "progress")]
+    with pytest.raises(ScalingLabError, match="trial_function 'no_seed': it takes no parameter 'seed'.*TrialFunction"):
+        run_study(load_study(write_study(tmp_path)), trial_function=no_seed, out=None)
+    assert not (tmp_path / "run").exists()

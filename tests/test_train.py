@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +15,7 @@ from scaling_lab.data import DetectionLoader, make_synthetic_coco, synthetic_dat
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.models import build_model
 from scaling_lab.spec import BackboneSpec, DetectorSpec
+from scaling_lab.stats import percentile_interval
 from scaling_lab.train import (
     anchors_for_spec,
     batched_nms,
@@ -227,6 +229,32 @@ def test_postprocess_caps_detections_and_maps_classes():
     assert detections.labels[0, 0].item() == 2 and torch.allclose(detections.boxes[0, 0], anchors[5])
     reference = postprocess(logits, torch.zeros(2, anchors.shape[0], 4), anchors, max_detections=10)  # no score floor
     assert reference.valid.sum(1).tolist() == [10, 10] and reference.labels[0, 0].item() == 2
+
+
+def test_postprocess_suppresses_above_iou_0_5_by_default_as_the_reference_does():
+    # one class; B overlaps A by IoU 0.55 (suppressed at the reference's 0.5, kept at 0.6, where
+    # it would suppress C); C overlaps A by 0.45 and B by 0.82
+    anchors = torch.tensor([[0.0, 0, 100, 100], [0, 0, 100, 55], [0, 0, 100, 45]])
+    assert box_iou(anchors[:1], anchors[1:]).flatten().tolist() == pytest.approx([0.55, 0.45])
+    logits = torch.tensor([[[5.0], [3.0], [1.0]]])
+    detections = postprocess(logits, torch.zeros(1, 3, 4), anchors)
+    kept = detections.boxes[0][detections.valid[0]]
+    assert torch.allclose(kept, anchors[[0, 2]])
+
+
+def test_postprocess_considers_the_references_5000_best_candidates():
+    # 1,200 copies of one box outscore 10 separate boxes: NMS keeps one copy, and the separate
+    # boxes (candidates 1,201 to 1,210) survive only when more than 1,000 candidates go into NMS
+    copies = torch.tensor([[0.0, 0, 50, 50]]).expand(1200, 4)
+    separate = torch.tensor([[100.0 * i, 100, 100 * i + 50, 150] for i in range(10)])
+    anchors = torch.cat([copies, separate])
+    logits = torch.cat([torch.linspace(9, 5, 1200), torch.linspace(4, 3, 10)]).reshape(1, -1, 1)
+    detections = postprocess(logits, torch.zeros(1, anchors.shape[0], 4), anchors)
+    assert int(detections.valid.sum()) == 11
+
+
+def test_bootstrap_interval_is_the_central_95_percent_of_the_replicates():
+    assert percentile_interval(np.arange(1001) / 1000) == pytest.approx((0.025, 0.975))
 
 
 def test_topk_correct():

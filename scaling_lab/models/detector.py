@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from scaling_lab.models.backbone import EfficientNet
-from scaling_lab.models.feature_network import FeatureNetwork, Resample
+from scaling_lab.models.feature_network import FeatureNetwork, FusionStyle, Resample
 from scaling_lab.graphs import feature_graph
 from scaling_lab.models.layers import activation, batch_norm, head_conv, max_pool
 from scaling_lab.spec import DetectorSpec
@@ -69,9 +69,7 @@ class EfficientDet(nn.Module):
         self.extra_levels = ExtraLevels(in_channels[-1], spec.channels, extra, spec.padding) if extra > 0 else None
         in_channels += [spec.channels] * extra
         graph = feature_graph(spec.feature_network, spec.min_level, spec.max_level)
-        self.feature_network = FeatureNetwork(
-            graph, in_channels, spec.channels, spec.feature_repeats, spec.fusion, spec.fusion_weights, spec.separable, spec.activation, spec.padding
-        )
+        self.feature_network = FeatureNetwork(graph, in_channels, spec.feature_repeats, FusionStyle.from_spec(spec))
         head = dict(repeats=spec.head_repeats, num_levels=spec.num_levels, separable=spec.separable, act=spec.activation)
         self.class_head = Head(spec.channels, spec.num_anchors * spec.num_classes, **head)
         self.box_head = Head(spec.channels, spec.num_anchors * 4, **head)

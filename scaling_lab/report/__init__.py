@@ -61,12 +61,12 @@ def _write_pngs(figures: list, folder: Path) -> list[tuple[Path, str]]:
         return []
     folder.mkdir(exist_ok=True)
     written = []
-    for figure_id, figure in figures:
+    for name, figure in figures:
         try:
-            figure.write_image(folder / f"{figure_id}.png", width=1100, height=500)
+            figure.write_image(folder / f"{name}.png", width=1100, height=500)
         except Exception as exc:  # kaleido's errors (no Chrome, a crashed browser) differ between versions
             first_line = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             log.warning("PNG figures skipped: kaleido failed (%s). To get them: %s; or pass --no-png.", first_line[:160], PNG_HINT)
             return []
-        written.append((folder / f"{figure_id}.png", figure.layout.title.text or figure_id))
+        written.append((folder / f"{name}.png", figure.layout.title.text or name))
     return written

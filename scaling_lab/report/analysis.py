@@ -12,7 +12,8 @@ import pandas as pd
 from scaling_lab import paper, stats
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.report.pareto import pareto_front
-from scaling_lab.report.run import ACCURACY_METRICS, COSTS, Run
+from scaling_lab.report.run import Run
+from scaling_lab.schema import ACCURACY_METRICS, PLOTTED_COSTS
 from scaling_lab.study import families
 from scaling_lab.study.winner import WinnerRule, decide_winner, derive_group, rank_configurations
 
@@ -24,7 +25,7 @@ SCALED_FIELDS = ("backbone.width", "backbone.depth", "backbone.resolution", "res
 
 def measured(run: Run) -> list[str]:
     """Accuracy metrics and costs the study recorded for at least one complete trial."""
-    columns = [*ACCURACY_METRICS, *COSTS, "flops_ratio"]
+    columns = [*ACCURACY_METRICS, *PLOTTED_COSTS, "flops_ratio"]
     return [c for c in columns if c in run.trials.columns and run.complete[c].notna().any()]
 
 

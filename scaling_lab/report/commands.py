@@ -1,16 +1,31 @@
-"""The ``report`` subcommand."""
+"""``scaling-lab report``, and ``run``: it runs a study, then writes its report, so it sits above
+both layers (the study layer never imports the report layer)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from scaling_lab.files import check_output_folder
-from scaling_lab.report import write_report
-from scaling_lab.study.run_folder import checked_run_dir
+from scaling_lab.ranges import POSITIVE_INT, flag
+from scaling_lab.report import report_dir_for, write_report
+from scaling_lab.study.config import BACKENDS, load_study
+from scaling_lab.study.run_folder import check_before_resume, checked_run_dir
+from scaling_lab.study.runner import run_study
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    run = subparsers.add_parser("run", help="run or resume a study (a studies/*.yaml file)")
+    run.add_argument("study", help="study file, e.g. studies/quickstart.yaml")
+    run.add_argument("--backend", choices=BACKENDS, help="override the study's backend")
+    run.add_argument("--address", help="attach to a running Ray cluster (e.g. auto or 10.0.0.1:6379); needs --backend ray")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a study key, e.g. --set task.epochs=1 (repeatable)")
+    run.add_argument("--profile", help="apply one of the study's profiles, e.g. --profile cpu")
+    run.add_argument("--trials", type=flag(POSITIVE_INT), help="number of configurations to sample (random, tpe, nsga2 samplers)")
+    run.add_argument("--run-dir", help="run folder (default: the study's run_dir, or runs/<name>/; runs/<name>-<profile>/ with --profile)")
+    run.set_defaults(func=_run)
+
     report = subparsers.add_parser("report", help="write a study's HTML report (Pareto fronts, ablations, scaling, paper comparison)")
     report.add_argument("study", help="a study YAML (its run folder is runs/<name>, or runs/<name>-<profile>) or a run folder")
     report.add_argument("--profile", help="the run folder of this profile of the study file (runs/<name>-<profile>)")
@@ -24,4 +39,18 @@ def report_command(args: argparse.Namespace) -> int:
         check_output_folder(args.out, "--out")
     index = write_report(checked_run_dir(args.study, args.profile), args.out, png=not args.no_png)
     print(index)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides = list(args.set or [])
+    if args.trials is not None:
+        overrides.append(f"sampler.trials={args.trials}")
+    config = load_study(args.study, profile=args.profile, overrides=overrides, run_dir=args.run_dir)
+    check_output_folder(config.run_dir, "--run-dir" if args.run_dir else f"{args.study}: run_dir")
+    check_output_folder(report_dir_for(config.run_dir), "report folder")  # written at the end: checked before training
+    check_before_resume(config.run_dir, config.storage_is_local, config.storage_url)
+    frame = run_study(config, backend=args.backend, address=args.address, out=sys.stdout)
+    print(f"results: {config.run_dir / 'results.parquet'} ({len(frame)} trials)")
+    print(f"report: {write_report(config.run_dir)}")
     return 0

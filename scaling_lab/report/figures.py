@@ -7,7 +7,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from scaling_lab.report.analysis import front_on, parse_curve, reaches_front
-from scaling_lab.report.run import ACCURACY_METRICS, Run
+from scaling_lab.report.run import Run
+from scaling_lab.schema import ACCURACY_METRICS
 
 COST_AXES = {
     "flops": ("FLOPs (multiply-adds, log)", "log"),

@@ -98,16 +98,19 @@ class Section:
 
 @dataclass
 class Page:
-    """Sections in order, and the figures they reference by id."""
+    """Sections in order, and the figures they place, each under a name that says what it shows
+    (its PNG is ``<name>.png``: links to it survive new figures)."""
 
     title: str
     sections: list[Section] = field(default_factory=list)
     figures: list[tuple[str, go.Figure]] = field(default_factory=list)
 
-    def figure(self, figure: go.Figure) -> str:
-        """Register a figure; returns the HTML that places it."""
-        figure_id = f"figure-{len(self.figures) + 1}"
-        self.figures.append((figure_id, figure))
+    def figure(self, figure: go.Figure, name: str) -> str:
+        """Register a figure under ``name`` (e.g. ``pareto-flops``); returns the HTML that places it."""
+        if any(name == taken for taken, _ in self.figures):
+            raise ValueError(f"two figures named {name!r} on one page")
+        self.figures.append((name, figure))
+        figure_id = f"figure-{name}"
         data = figure.to_json().replace("<", "\\u003c")  # JSON inside <script> must not close the tag
         return f'<div class="figure" id="{figure_id}"></div>\n<script type="application/json" class="figure-data" data-target="{figure_id}">{data}</script>'
 

@@ -12,14 +12,9 @@ import pandas as pd
 
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.files import read_parquet
+from scaling_lab.schema import NUMERIC_COLUMNS, TRIAL_STATES
 from scaling_lab.spec import BackboneSpec, DetectorSpec
 
-STATES = ("complete", "pruned", "failed", "rejected", "running")
-# Accuracy metrics are fractions in [0, 1]; the report prints them as percentages, like the papers.
-ACCURACY_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "top1", "top5")
-COSTS = ("flops", "params", "activations", "latency_ms")
-INTERVAL_COLUMNS = tuple(f"{metric}_ci_{side}" for metric in ACCURACY_METRICS for side in ("low", "high"))  # per-trial bootstrap
-NUMERIC_COLUMNS = (*ACCURACY_METRICS, *INTERVAL_COLUMNS, *COSTS, "flops_elementwise", "flops_ratio", "wall_time_s", "epochs_done", "seed")
 SPEC_FIELDS = frozenset(f.name for spec in (DetectorSpec, BackboneSpec) for f in dataclasses.fields(spec))
 
 
@@ -85,9 +80,9 @@ def _checked_trials(results_file: Path, trials: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise ScalingLabError(f"{results_file}: missing column(s) {', '.join(missing)}; every trial row needs trial_id and state")
     trials = trials.copy()
-    unknown = sorted(set(trials["state"].astype(str)) - set(STATES))
+    unknown = sorted(set(trials["state"].astype(str)) - set(TRIAL_STATES))
     if unknown:
-        raise ScalingLabError(f"{results_file}: column 'state' has value(s) {', '.join(map(repr, unknown))}; valid states are {', '.join(STATES)}")
+        raise ScalingLabError(f"{results_file}: column 'state' has value(s) {', '.join(map(repr, unknown))}; valid states are {', '.join(TRIAL_STATES)}")
     for column in NUMERIC_COLUMNS:
         if column in trials.columns:
             try:

@@ -4,49 +4,19 @@ from __future__ import annotations
 
 import datetime
 import html
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
-from scaling_lab import paper
 from scaling_lab.report import analysis, comparisons, figures
 from scaling_lab.report.figures import human, scale
-from scaling_lab.report.html import Page, definitions, paragraph, preformatted, side_by_side, table
-from scaling_lab.report.run import ACCURACY_METRICS, COSTS, Run
+from scaling_lab.report.formats import interval, mean_std, number, percent, ratio, text
+from scaling_lab.report.html import Page, definitions, paragraph, preformatted, table
+from scaling_lab.report.paper_tables import add_paper
+from scaling_lab.report.run import Run
+from scaling_lab.schema import ACCURACY_METRICS, PLOTTED_COSTS
 
-PAPER_EXPERIMENTS = ("fpn_ablation", "fusion_ablation", "compound_grid", "pareto", "proxy_findings")
-
-
-def text(value: Any) -> str:
-    return "–" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
-
-
-def number(digits: int = 3) -> Any:
-    return lambda value: "–" if pd.isna(value) else f"{value:.{digits}g}"
-
-
-def ratio(value: float) -> str:
-    return "–" if pd.isna(value) else f"{value:.2f}x"
-
-
-def percent(metric: str) -> Any:
-    factor = scale(metric)
-    return lambda value: "–" if pd.isna(value) else f"{value * factor:.2f}"
-
-
-def mean_std(frame: pd.DataFrame, metric: str) -> pd.Series:
-    factor = scale(metric)
-    std = frame.get(metric + "_std", pd.Series(float("nan"), index=frame.index))
-    return pd.Series(
-        [f"{m * factor:.2f}" + (f" ± {s * factor:.2f}" if pd.notna(s) else "") if pd.notna(m) else "–" for m, s in zip(frame[metric], std)],
-        index=frame.index,
-    )
-
-
-def interval(metric: str) -> Any:
-    """The 95 % interval columns of ``metric`` as ``[low, high]`` in display units."""
-    factor = scale(metric)
-    return lambda row: "–" if pd.isna(row[f"{metric}_ci_low"]) else f"[{row[f'{metric}_ci_low'] * factor:.2f}, {row[f'{metric}_ci_high'] * factor:.2f}]"
+Section = Callable[[Page, Run, pd.DataFrame], None]
 
 
 def with_interval_text(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -84,16 +54,11 @@ def interval_note(run: Run) -> str:
 
 
 def build_page(run: Run) -> Page:
+    """Every section of ``SECTIONS`` in order, given the run and its configurations (means over seeds)."""
     page = Page(f"scaling-lab report: {run.name}")
     configs = analysis.configurations(run)
-    add_pareto(page, run, configs)
-    add_ablation(page, run, configs)
-    add_fusion(page, run, configs)
-    add_compound(page, run, configs)
-    add_training_curves(page, run)
-    add_paper(page, run, configs)
-    add_trials(page, run)
-    add_provenance(page, run)
+    for section in SECTIONS:
+        section(page, run, configs)
     return page
 
 
@@ -109,7 +74,7 @@ def header(run: Run) -> str:
 
 def add_pareto(page: Page, run: Run, configs: pd.DataFrame) -> None:
     metric = run.main_metric
-    costs = [c for c in COSTS if c in configs.columns and configs.dropna(subset=[metric, c]).shape[0] > 0]
+    costs = [c for c in PLOTTED_COSTS if c in configs.columns and configs.dropna(subset=[metric, c]).shape[0] > 0]
     if configs.empty or not costs:
         return
     seeds = int(configs["n_seeds"].max())
@@ -136,7 +101,7 @@ def add_pareto(page: Page, run: Run, configs: pd.DataFrame) -> None:
             "(their interval reaches it); faint points are dominated. Trials that did not complete are counted and listed under Trials. "
             + interval_note(run)
         ),
-        *(page.figure(figures.pareto_figure(run, configs, cost)) for cost in costs),
+        *(page.figure(figures.pareto_figure(run, configs, cost), f"pareto-{cost}") for cost in costs),
         f"<h3>Configurations on or possibly on the front of all objectives ({html.escape(objectives or metric)})</h3>",
         table(front, columns, sortable=True),
         "<h3>All configurations (click a header to sort)</h3>",
@@ -193,7 +158,7 @@ def add_compound(page: Page, run: Run, configs: pd.DataFrame) -> None:
     if not grid.empty:
         chosen = analysis.derived_coefficients(run, grid)
         constraint = analysis.grid_constraint(run, str(grid["group"].iloc[0]))
-        parts.append(page.figure(figures.grid_heatmap(run, grid, chosen)))
+        parts.append(page.figure(figures.grid_heatmap(run, grid, chosen), "compound-grid"))
         if chosen is None:
             parts.append(paragraph(f"No grid configuration has every seed complete within the group's constraints ({constraint}), so no coefficients are derived."))
         else:
@@ -225,7 +190,7 @@ def add_compound(page: Page, run: Run, configs: pd.DataFrame) -> None:
                     ),
                 ]
     if curves:
-        parts.append(page.figure(figures.scaling_figure(run, curves)))
+        parts.append(page.figure(figures.scaling_figure(run, curves), "scaling-rules"))
         matched = add_difference_text(comparisons.scaling_comparisons(run, curves), run.main_metric)
         if not matched.empty:
             parts += [
@@ -247,96 +212,20 @@ def add_compound(page: Page, run: Run, configs: pd.DataFrame) -> None:
     page.add("compound", "Compound scaling", *parts)
 
 
-def add_training_curves(page: Page, run: Run) -> None:
+def add_training_curves(page: Page, run: Run, configs: pd.DataFrame) -> None:
     best = analysis.best_trials(run)
     if not best.empty:
-        page.add("curves", "Training curves", page.figure(figures.training_curves_figure(run, best)))
+        page.add("curves", "Training curves", page.figure(figures.training_curves_figure(run, best), "training-curves"))
 
 
-def add_paper(page: Page, run: Run, configs: pd.DataFrame) -> None:
-    experiment = run.study.get("experiment")
-    if experiment not in PAPER_EXPERIMENTS or configs.empty:
-        return
-    # the proxy study asks both papers' questions
-    for part in ("fpn_ablation", "compound_grid") if experiment == "proxy_findings" else (experiment,):
-        found = paper_comparison(run, configs, part)
-        if found is not None:
-            source, body = found
-            page.add("paper" if part == experiment else f"paper-{part}", "Paper comparison" if part == experiment else f"Paper comparison: {source.split(' (')[0]}", paragraph(f"{source}. The paper's absolute numbers come from full COCO/ImageNet training; compare trends and ratios."), body)
-
-
-def paper_comparison(run: Run, configs: pd.DataFrame, experiment: str) -> tuple[str, str] | None:
-    """The paper's table beside ours for one experiment kind: (source, HTML), or None without data."""
-    metric = run.main_metric
-    if experiment == "fpn_ablation":
-        ours = analysis.ablation_table(run, configs)
-        if ours.empty:
-            return None
-        reference = pd.DataFrame([vars(row) for row in paper.FEATURE_NETWORKS])
-        merged = reference.merge(ours, left_on="name", right_on="paper_name", how="left", suffixes=("_paper", ""))
-        body = table(
-            merged,
-            {
-                "name": ("feature network", text),
-                "ap": ("paper AP", number(4)),
-                f"{metric}": (f"our {metric}", percent(metric)),
-                "params_ratio_paper": ("paper #params", ratio),
-                "params_ratio": ("our #params", ratio),
-                "flops_ratio_paper": ("paper #FLOPs", ratio),
-                "flops_ratio": ("our #FLOPs", ratio),
-            },
-        )
-        source = "EfficientDet Table 5 (COCO val, EfficientNet-B3 backbone)"
-    elif experiment == "fusion_ablation":
-        ours = analysis.fusion_pairs(run, configs)
-        if ours.empty:
-            return None
-        reference = pd.DataFrame([vars(row) for row in paper.FUSIONS])
-        body = side_by_side(
-            ("paper", table(reference, {"model": ("model", text), "softmax_ap": ("softmax AP", number(4)), "fast_ap": ("fast AP", number(4)), "speedup": ("speedup", ratio)})),
-            ("ours", table(ours, {c: (c.replace("_", " "), ratio if c == "speedup" else percent(metric) if c.startswith(metric) else number() if c.startswith("latency") else text) for c in ours.columns})),
-        )
-        source = "EfficientDet Table 6 (GPU speedup of fast over softmax fusion)"
-    elif experiment == "compound_grid":
-        grid = analysis.compound_grid(run, configs)
-        curves = analysis.scaling_groups(run, configs)
-        chosen = analysis.derived_coefficients(run, grid) if not grid.empty else None
-        parts = []
-        if chosen is not None:
-            parts.append(("coefficients", definitions({name: f"paper {value:g}, ours {chosen['param.' + name]:g}" for name, value in paper.COMPOUND_COEFFICIENTS.items()})))
-        if curves:
-            reference = pd.DataFrame([vars(row) for row in paper.SINGLE_DIMENSION_SCALING])
-            baseline = reference.iloc[0]
-            reference["flops_ratio"] = reference["flops"] / baseline["flops"]
-            reference["gain"] = reference["top1"] - baseline["top1"]
-            parts.append(("paper: EfficientNet Table 7 (top-1 gain over B0)", table(reference, {"scaling": ("scaling", text), "flops_ratio": ("FLOPs", ratio), "gain": ("top-1 gain", number(3))})))
-            ours = analysis.scaling_gains(run, curves)
-            parts.append((f"ours: largest model per rule ({metric} gain over the smallest)", table(ours, {"group": ("scaling", text), "summary": ("configuration", text), "flops_ratio": ("FLOPs", ratio), "gain": (f"{metric} gain (points)", lambda v: f"{v * scale(metric):+.2f}")})))
-        if not parts:
-            return None
-        body = side_by_side(*parts)
-        source = "EfficientNet section 3.3 and Table 7"
-    else:
-        rows = paper.EFFICIENTDET if metric.startswith("AP") else paper.EFFICIENTNET
-        reference = pd.DataFrame([vars(row) for row in rows])
-        accuracy = "ap_val" if metric.startswith("AP") else "top1"
-        front = configs[configs["on_front"]].sort_values("flops" if "flops" in configs else metric)
-        body = side_by_side(
-            ("paper", table(reference, {"name": ("model", text), "params": ("params", human), "flops": ("FLOPs", human), accuracy: (accuracy, number(3))})),
-            ("our front", table(front, {"summary": ("configuration", text), **{c: (c, human) for c in ("params", "flops") if c in front}, metric: (metric, percent(metric))})),
-        )
-        source = "EfficientDet Table 2 / EfficientNet Table 2"
-    return source, body
-
-
-def add_trials(page: Page, run: Run) -> None:
+def add_trials(page: Page, run: Run, configs: pd.DataFrame) -> None:
     trials = run.trials.copy()
     trials["summary"] = trials["config_id"].map(analysis.spec_summaries(run))
     metrics = [m for m in ACCURACY_METRICS if m in trials.columns and trials[m].notna().any()]
     bootstrapped = [m for m in metrics if f"{m}_ci_low" in trials.columns and trials[f"{m}_ci_low"].notna().any()]
     for metric in bootstrapped:
         trials[f"{metric}_interval"] = trials.apply(interval(metric), axis=1)
-    costs = [c for c in (*COSTS, "flops_ratio", "wall_time_s", "epochs_done") if c in trials.columns and trials[c].notna().any()]
+    costs = [c for c in (*PLOTTED_COSTS, "flops_ratio", "wall_time_s", "epochs_done") if c in trials.columns and trials[c].notna().any()]
     columns = {
         "trial_id": ("trial", lambda v: f"{v:g}"),
         "state": ("state", text),
@@ -358,7 +247,7 @@ def add_trials(page: Page, run: Run) -> None:
     page.add("trials", "Trials", *parts)
 
 
-def add_provenance(page: Page, run: Run) -> None:
+def add_provenance(page: Page, run: Run, configs: pd.DataFrame) -> None:
     study = run.study
     wall = run.trials["wall_time_s"].sum() if "wall_time_s" in run.trials.columns else float("nan")
     items = {
@@ -376,3 +265,11 @@ def add_provenance(page: Page, run: Run) -> None:
     if study.get("study_yaml"):
         parts.append(preformatted(study["study_yaml"], "study YAML"))
     page.add("provenance", "Provenance", *parts)
+
+
+# The report's sections in page order. A section is a function of the page, the run and its
+# configurations that adds itself (``page.add``) only where the study's data supports it; a new
+# section is one function added here.
+SECTIONS: list[Section] = [
+    add_pareto, add_ablation, add_fusion, add_compound, add_training_curves, add_paper, add_trials, add_provenance,
+]

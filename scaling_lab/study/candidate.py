@@ -20,16 +20,16 @@ import optuna
 import torch
 
 from scaling_lab.errors import ScalingLabError
+from scaling_lab.schema import MEASURED_COSTS, uncounted_text
 from scaling_lab.spec import Spec
 from scaling_lab.study import results
 from scaling_lab.study.config import StudyConfig
 from scaling_lab.study.search_space import InfeasibleCandidate, SearchSpace
-from scaling_lab.trial import Task, TrialResult
+from scaling_lab.trial import Task, TrialFunction
 
 if TYPE_CHECKING:
     from scaling_lab.measure import Latency
 
-TrialFunction = Callable[..., TrialResult]
 # (epoch, metrics, record so far): called after each validation; may raise to stop the trial.
 EpochHook = Callable[[int, Mapping[str, float], dict], None]
 
@@ -44,20 +44,37 @@ def default_trial_function() -> TrialFunction:
     return run_trial
 
 
-def cost_counts(spec: Spec, base_costs: Mapping[str, float] | None = None) -> dict[str, float]:
-    """fvcore counts (cached on disk) and, given the base's, the FLOPs ratio."""
+def measured_costs(spec: Spec, base_costs: Mapping[str, float] | None = None) -> tuple[dict[str, float], dict[str, int]]:
+    """fvcore counts (cached on disk) and, given the base's, the FLOPs ratio; with the operators
+    fvcore could not count (operator -> calls)."""
     from scaling_lab.measure import measure
 
     measured = measure(spec)
-    costs: dict[str, float] = {
-        "params": measured.params,
-        "flops": measured.flops,
-        "flops_elementwise": measured.flops_elementwise,
-        "activations": measured.activations,
-    }
+    costs: dict[str, float] = {cost: getattr(measured, cost) for cost in MEASURED_COSTS}
     if base_costs:
         costs["flops_ratio"] = measured.flops / base_costs["flops"]
-    return costs
+    return costs, measured.uncounted_ops
+
+
+def cost_counts(spec: Spec, base_costs: Mapping[str, float] | None = None) -> dict[str, float]:
+    """``measured_costs`` without the uncounted operators."""
+    return measured_costs(spec, base_costs)[0]
+
+
+def unchecked_flops_constraint(space: SearchSpace, uncounted: Mapping[str, int]) -> str | None:
+    """Why the space's FLOPs constraints cannot be trusted for a spec with these uncounted
+    operators (one that may hide multiply-adds), or None."""
+    from scaling_lab.measure import significant_uncounted
+
+    significant = significant_uncounted(dict(uncounted))
+    flops_constraints = [c.cost for c in space.constraints if c.cost.startswith("flops")]
+    if not significant or not flops_constraints:
+        return None
+    return (
+        f"the {' and '.join(flops_constraints)} constraint cannot be checked: fvcore has no FLOPs count for "
+        f"{uncounted_text(significant)}, which may do multiply-adds; give the operator a handle in "
+        "scaling_lab.measure.count or drop the constraint"
+    )
 
 
 def latency_alone(spec: Spec, task: Task) -> "Latency":
@@ -117,9 +134,12 @@ class CandidateRunner:
             return finish("failed", f"invalid configuration: {exc}")
         record.update(spec=spec.to_dict(), spec_hash=spec.spec_hash)
         try:
-            record["costs"] = cost_counts(spec, self.base_costs)
+            record["costs"], record["uncounted_ops"] = measured_costs(spec, self.base_costs)
         except Exception as exc:  # noqa: BLE001 - a spec that cannot be measured (e.g. out of memory) fails alone
             return finish("failed", f"measuring failed: {type(exc).__name__}: {exc}")
+        unchecked = unchecked_flops_constraint(space, record["uncounted_ops"])
+        if unchecked:
+            return finish("failed", unchecked)
         reason = space.violation(record["costs"], self.base_costs)
         if reason:
             return finish("rejected", f"rejected by constraint: {reason}")

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.ranges import Range
+from scaling_lab.schema import COST_COLUMNS, quality_metrics
 from scaling_lab.spec import Spec, deep_merge, spec_from_dict
 from scaling_lab.spec_files import load_spec, parse_overrides, read_yaml
 from scaling_lab.study.search_space import SearchSpace, load_search_space
@@ -28,9 +29,6 @@ EXPERIMENTS = ("quickstart", "compound_grid", "fpn_ablation", "fusion_ablation",
 SAMPLERS = ("grid", "random", "tpe", "nsga2")
 EARLY_STOPPING = ("none", "asha", "hyperband", "median")
 BACKENDS = ("local", "ray")
-DETECTION_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-CLASSIFICATION_METRICS = ("top1", "top5")
-COST_METRICS = ("params", "flops", "flops_elementwise", "activations", "latency_ms", "flops_ratio")
 DIRECTIONS = ("maximize", "minimize")
 STUDY_KEYS = (
     "name", "experiment", "description", "base", "search_space", "groups", "task", "objectives", "sampler",
@@ -209,8 +207,8 @@ def _parse_task(where: str, raw: Any) -> tuple[Task, Budget]:
 
 
 def _parse_objectives(where: str, raw: Any, task: Task) -> tuple[Objective, ...]:
-    quality = DETECTION_METRICS if task.kind == "detection" else CLASSIFICATION_METRICS
-    valid = quality + COST_METRICS
+    quality = quality_metrics(task.kind)
+    valid = quality + COST_COLUMNS
     if raw is None:
         raw = [quality[0]]
     if not isinstance(raw, list) or not raw:

@@ -13,7 +13,6 @@ import os
 import platform
 import subprocess
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,11 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from scaling_lab.files import atomic_write
-from scaling_lab.study.config import CLASSIFICATION_METRICS, DETECTION_METRICS, StudyConfig
-
-STATES = ("complete", "pruned", "failed", "rejected", "running")
-COST_COLUMNS = ("params", "flops", "flops_elementwise", "activations", "latency_ms", "flops_ratio")
+from scaling_lab.schema import FINISHED_STATES, library_versions, results_table, table_row
+from scaling_lab.study.config import StudyConfig
 # ``study.json``'s content is kept in the database too (a study user attribute), so that a lost or
 # damaged ``study.json`` is rebuilt without the study file (``scaling_lab.study.run_folder``).
 INFO_ATTR = "run_folder_info"
-LIBRARIES = ("scaling-lab", "torch", "optuna", "ray", "fvcore", "pandas", "pyarrow", "numpy")
 
 
 def now_iso() -> str:
@@ -60,63 +56,27 @@ def trial_state(trial: FrozenTrial) -> str | None:
     return "failed"
 
 
-def _flatten_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """Spec fields as columns: nested backbone fields prefixed ``backbone.``, lists as JSON."""
-    columns: dict[str, Any] = {}
-    for key, value in spec.items():
-        if isinstance(value, dict):
-            columns.update({f"{key}.{k}": v for k, v in _flatten_spec(value).items()})
-        else:
-            columns[key] = json.dumps(value) if isinstance(value, list) else value
-    return columns
-
-
-def trial_row(trial: FrozenTrial, quality_metrics: tuple[str, ...]) -> dict[str, Any] | None:
+def trial_row(trial: FrozenTrial, task_kind: str) -> dict[str, Any] | None:
+    """The trial's row of the results table (``scaling_lab.schema.table_row``), None when it has none."""
     state = trial_state(trial)
     if state is None:
         return None
-    record = trial.user_attrs.get("record", {})
-    spec = record.get("spec") or {}
-    costs = record.get("costs") or {}
-    metrics = record.get("metrics") or {}
-    row: dict[str, Any] = {
-        "trial_id": trial.number,
-        "state": state,
-        "error": record.get("error") or "",
-        "seed": int(trial.user_attrs.get("seed", record.get("seed", 0))),
-        "config_id": trial.user_attrs.get("config_id", ""),
-        "group": trial.user_attrs.get("group", ""),
-        "spec_hash": record.get("spec_hash", ""),
-        "spec": json.dumps(spec, sort_keys=True) if spec else "",
-    }
-    row.update(_flatten_spec(spec))
-    row.update({f"param.{name}": value for name, value in (record.get("params") or {}).items()})
-    row.update({metric: metrics.get(metric) for metric in quality_metrics})
-    row.update({bound: metrics[bound] for metric in quality_metrics for bound in (f"{metric}_ci_low", f"{metric}_ci_high") if bound in metrics})
-    row.update({cost: costs.get(cost) for cost in COST_COLUMNS})
-    row.update(
-        {
-            "wall_time_s": record.get("wall_time_s"),
-            "epochs_done": int(record.get("epochs_done", 0)),
-            "curve": json.dumps(record.get("curve") or []),
-            "started": record.get("started") or (trial.datetime_start.isoformat() if trial.datetime_start else ""),
-            "finished": record.get("finished") or "",
-        }
+    record = dict(trial.user_attrs.get("record", {}))
+    if not record.get("started") and trial.datetime_start:
+        record["started"] = trial.datetime_start.isoformat()
+    return table_row(
+        record,
+        trial_id=trial.number,
+        state=state,
+        seed=int(trial.user_attrs.get("seed", record.get("seed", 0))),
+        config_id=trial.user_attrs.get("config_id", ""),
+        group=trial.user_attrs.get("group", ""),
+        task_kind=task_kind,
     )
-    return row
 
 
 def results_frame(trials: list[FrozenTrial], task_kind: str) -> pd.DataFrame:
-    quality = DETECTION_METRICS if task_kind == "detection" else CLASSIFICATION_METRICS
-    rows = [row for row in (trial_row(t, quality) for t in trials) if row is not None]
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        frame = pd.DataFrame(columns=["trial_id", "state", "error", "seed", "config_id", "group", "spec_hash", "spec"])
-    for column in frame.columns:
-        kinds = {type(v) for v in frame[column] if v is not None and not (isinstance(v, float) and pd.isna(v))}
-        if len(kinds - {int, float}) and len(kinds) > 1:  # mixed types (e.g. a choice of numbers and names)
-            frame[column] = frame[column].map(lambda v: None if v is None else str(v))
-    return frame.sort_values("trial_id").reset_index(drop=True) if not frame.empty else frame
+    return results_table([row for row in (trial_row(t, task_kind) for t in trials) if row is not None])
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -129,16 +89,6 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 def write_table(run_dir: Path, frame: pd.DataFrame) -> None:
     atomic_write(run_dir / "results.parquet", lambda temporary: frame.to_parquet(temporary, index=False))
     atomic_write(run_dir / "results.csv", lambda temporary: frame.to_csv(temporary, index=False))
-
-
-def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for library in LIBRARIES:
-        try:
-            versions[library] = metadata.version(library)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
 
 
 def hardware() -> dict[str, Any]:
@@ -192,7 +142,7 @@ def write_run_folder(study: optuna.Study, run_dir: Path, frame: pd.DataFrame, in
 
 def progress_line(frame: pd.DataFrame, planned: int, config: StudyConfig) -> str:
     counts = frame["state"].value_counts().to_dict() if not frame.empty else {}
-    done = sum(counts.get(s, 0) for s in ("complete", "pruned", "failed", "rejected"))
+    done = sum(counts.get(s, 0) for s in FINISHED_STATES)
     line = (
         f"[{config.name}] {done}/{planned} done: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, "
         f"{counts.get('failed', 0)} failed, {counts.get('rejected', 0)} rejected; {counts.get('running', 0)} running"

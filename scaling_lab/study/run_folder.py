@@ -22,6 +22,7 @@ import pandas as pd
 from scaling_lab.documents import DocumentError, parse_json
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.files import atomic_write, atomic_write_text, read_parquet
+from scaling_lab.schema import TRIAL_STATES
 from scaling_lab.study import results
 from scaling_lab.study.config import DIRECTIONS, load_study, run_dir_for
 from scaling_lab.trial import TASK_KINDS
@@ -64,7 +65,7 @@ def table_problem(frame: pd.DataFrame) -> str | None:
     missing = [column for column in ("trial_id", "state") if column not in frame.columns]
     if missing:
         return f"missing column(s) {', '.join(missing)}"
-    unknown = sorted(set(frame["state"].astype(str)) - set(results.STATES))
+    unknown = sorted(set(frame["state"].astype(str)) - set(TRIAL_STATES))
     if unknown:
         return f"unknown state(s) {', '.join(map(repr, unknown))}"
     ids = pd.to_numeric(frame["trial_id"], errors="coerce")

@@ -24,10 +24,10 @@ from optuna.trial import TrialState
 
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.files import read_parquet
-from scaling_lab.study.candidate import TrialFunction
 from scaling_lab.study.config import Group, StudyConfig
 from scaling_lab.study.session import StudySession, check_rejections, tell_once
 from scaling_lab.study.storage import Heartbeat
+from scaling_lab.trial import TrialFunction, trial_function_problems
 
 def _run_one(session: StudySession, trial: optuna.Trial, space: Any, values: dict[str, Any], seed: int, cid: str) -> None:
     """Train one trial here, with heartbeats, and tell the study its outcome."""
@@ -111,6 +111,12 @@ def run_study(
         raise ScalingLabError(
             f"--address {address!r}: the Ray client cannot run the study's driver (it plans and records trials); "
             "run scaling-lab on a node of the cluster with --address auto or HOST:PORT"
+        )
+    problems = trial_function_problems(trial_function) if trial_function is not None else []
+    if problems:
+        raise ScalingLabError(
+            f"trial_function {getattr(trial_function, '__name__', trial_function)!r}: {'; '.join(problems)}; "
+            "it must take the parameters of scaling_lab.trial.TrialFunction"
         )
     config = with_data_classes(config)
     previous_verbosity = optuna.logging.get_verbosity()

@@ -33,6 +33,7 @@ from typing import Any, Mapping
 
 
 from scaling_lab.errors import ScalingLabError
+from scaling_lab.schema import MEASURED_COSTS
 from scaling_lab.scaling import compound_multipliers, scale_backbone, scale_detector, snap_resolution
 from scaling_lab.spec import DetectorSpec, Spec
 from scaling_lab.spec_files import apply_overrides, read_yaml
@@ -40,7 +41,6 @@ from scaling_lab.spec_files import apply_overrides, read_yaml
 COEFFICIENTS = ("alpha", "beta", "gamma", "phi")
 PARAMETER_TYPES = ("choice", "grid", "int", "float", "log_float", "derived", "best")
 DERIVATION_RULES = ("compound_gamma",)
-CONSTRAINED_COSTS = ("params", "flops", "flops_elementwise", "activations")
 SPACE_KEYS = ("parameters", "constraints")
 
 # Keys each parameter type accepts besides ``type`` and ``when``.
@@ -339,8 +339,8 @@ def _parse_when(where: str, key: str, raw: Any, earlier: dict[str, Parameter]) -
 
 def _parse_constraint(where: str, cost: str, raw: Any) -> Constraint:
     key = f"constraints.{cost}"
-    if cost not in CONSTRAINED_COSTS:
-        raise _fail(where, f"{key}: {cost!r} is not a constrained cost; valid costs are {', '.join(CONSTRAINED_COSTS)}")
+    if cost not in MEASURED_COSTS:
+        raise _fail(where, f"{key}: {cost!r} is not a constrained cost; valid costs are {', '.join(MEASURED_COSTS)}")
     if not isinstance(raw, Mapping):
         raise _fail(where, f"{key}: expected a mapping with min and/or max (and relative: true|false), got {raw!r}")
     unknown = sorted(set(raw) - {"min", "max", "relative"})

@@ -33,11 +33,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.study import adaptive, results, storage
-from scaling_lab.study.candidate import CandidateRunner, TrialFunction, cost_counts, default_trial_function
+from scaling_lab.study.candidate import CandidateRunner, cost_counts, default_trial_function
 from scaling_lab.study.config import Group, StudyConfig
 from scaling_lab.study.fingerprint import check_same_definition, definition, definition_hash
 from scaling_lab.study.search_space import InfeasibleCandidate, SearchSpace, config_id
 from scaling_lab.study.winner import WinnerRule, decide_winner, plain
+from scaling_lab.trial import TrialFunction
 
 LIVE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
 POLL_S = 2.0  # how often a worker waiting for others' trials looks again

@@ -17,20 +17,18 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import nn
 
+from scaling_lab.schema import CLASSIFICATION_METRICS, DETECTION_METRICS
 from scaling_lab.train.anchors import flatten_levels
 from scaling_lab.train.bootstrap import bootstrap_ap
 from scaling_lab.train.postprocess import Detections, postprocess
 
-DETECTION_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval.stats[0:6]
-INTERVAL_METRICS = ("AP_ci_low", "AP_ci_high", "AP50_ci_low", "AP50_ci_high")  # bootstrap over images
-CLASSIFICATION_METRICS = ("top1", "top5")
 
 
 def coco_metrics(coco_gt: COCO, results: list[dict[str, Any]], image_ids: Iterable[int], verbose: bool = False) -> dict[str, float]:
     """COCOeval (bbox) of result records on ``image_ids`` only; no detections at all scores 0.
 
     Besides COCOeval's six numbers: the 95 % bootstrap intervals of AP and AP50 over the images
-    (``INTERVAL_METRICS``, see ``scaling_lab.train.bootstrap``), from the same per-image matches."""
+    (``schema.BOOTSTRAPPED_METRICS``, see ``scaling_lab.train.bootstrap``), from the same per-image matches."""
     image_ids = sorted(set(image_ids))
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with quiet:

@@ -36,8 +36,9 @@ from tqdm import tqdm
 
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.files import atomic_write
-from scaling_lab.measure import library_versions, measure, measure_latency, resolve_device
+from scaling_lab.measure import measure, measure_latency, resolve_device
 from scaling_lab.models import build_model
+from scaling_lab.schema import library_versions
 from scaling_lab.spec import BackboneSpec, DetectorSpec, Spec
 from scaling_lab.train.anchors import anchors_for_spec, flatten_levels, match_anchors
 from scaling_lab.train.evaluate import evaluate_classifier, evaluate_detector
@@ -356,16 +357,8 @@ def _load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
 
 
 def _versions(device: torch.device) -> dict[str, str]:
-    import pycocotools
-
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu:{platform.machine()}"
-    return {
-        **library_versions(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "pycocotools": getattr(pycocotools, "__version__", "unknown"),
-        "device": device_name,
-    }
+    return {**library_versions(), "device": device_name}
 
 
 def run_trial(

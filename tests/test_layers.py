@@ -1,0 +1,61 @@
+"""The package's layers: imports only go downward (spec -> models -> measure -> train -> study ->
+report -> commands) and no module imports itself back through others."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import scaling_lab
+
+PACKAGE = Path(scaling_lab.__file__).parent
+# Top-level module or package -> layer; everything else (spec, graphs, scaling, schema, files,
+# errors, stats, ...) is the bottom layer that all may use.
+LAYERS = {"models": 1, "measure": 2, "data": 3, "train": 3, "trial": 3, "study": 4, "report": 5, "commands": 6, "cli": 6}
+
+
+def _imports() -> dict[str, set[str]]:
+    """Module (dotted, without ``scaling_lab.``) -> the package modules it imports, anywhere in it."""
+    paths = {".".join(path.relative_to(PACKAGE).with_suffix("").parts).removesuffix("__init__").rstrip("."): path for path in PACKAGE.rglob("*.py")}
+    modules = {}
+    for name, path in paths.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("scaling_lab"):
+                base = node.module.removeprefix("scaling_lab").lstrip(".")
+                # ``from package import module`` imports the module
+                found.update(f"{base}.{a.name}".lstrip(".") if f"{base}.{a.name}".lstrip(".") in paths else base for a in node.names)
+            elif isinstance(node, ast.Import):
+                found.update(a.name.removeprefix("scaling_lab").lstrip(".") for a in node.names if a.name.startswith("scaling_lab"))
+        modules[name] = {module for module in found if module}
+    return modules
+
+
+def _layer(module: str) -> int:
+    return LAYERS.get(module.split(".")[0], 0)
+
+
+def test_imports_only_go_downward():
+    upward = [(module, imported) for module, imports in _imports().items() for imported in imports if _layer(imported) > _layer(module)]
+    assert upward == []
+
+
+def test_the_study_layer_never_imports_the_report_layer():
+    assert not [(m, i) for m, imports in _imports().items() if m.startswith("study") for i in imports if i.startswith("report")]
+
+
+def test_no_import_circles():
+    graph = _imports()
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for imported in sorted(graph.get(module, ())):
+            assert state.get(imported) != "open", " -> ".join([*path, module, imported])
+            if imported in graph and imported not in state:
+                visit(imported, [*path, module])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
