@@ -13,21 +13,28 @@ from typing import Callable
 
 import pandas as pd
 
-from scaling_lab.errors import ScalingLabError
+from scaling_lab.errors import ScalingLabError, no_space_left
 
 
 def atomic_write(path: Path, write: Callable[[str], None], mode: int = 0o644) -> None:
     """Call ``write(temporary_path)`` and rename the result over ``path``; on any error the old
-    file (if any) is left as it was and the temporary file is removed."""
+    file (if any) is left as it was and the temporary file is removed. A full disk is a
+    ``MachineFault`` naming the folder."""
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+    temporary = None
     try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(handle)
         write(temporary)
         os.chmod(temporary, mode)  # mkstemp makes it private; these files are for everyone
         os.replace(temporary, path)
+    except Exception as exc:
+        fault = no_space_left(exc, path.parent)
+        if fault is None:
+            raise
+        raise fault from exc
     finally:
-        if os.path.exists(temporary):
+        if temporary is not None and os.path.exists(temporary):
             os.unlink(temporary)
 
 

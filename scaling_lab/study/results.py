@@ -37,8 +37,8 @@ def now_iso() -> str:
 
 
 def is_interrupted(trial: FrozenTrial) -> bool:
-    """A trial that stopped without an outcome (Ctrl-C, kill -9, a lost worker): it is run again
-    and left out of the table. Failed trials always carry a record saying so."""
+    """A trial that stopped without an outcome (Ctrl-C, kill -9, a lost worker, a full disk): it
+    is run again and left out of the table. Failed trials always carry a record saying so."""
     return trial.state == TrialState.FAIL and trial.user_attrs.get("record", {}).get("state") not in ("failed", "duplicate")
 
 

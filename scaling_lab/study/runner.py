@@ -22,14 +22,14 @@ import pandas as pd
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from scaling_lab.errors import ScalingLabError
+from scaling_lab.errors import MachineFault, ScalingLabError
 from scaling_lab.files import read_parquet
-from scaling_lab.study.candidate import TrialFunction
+from scaling_lab.study.candidate import Outcome, TrialFunction
 from scaling_lab.study.config import Group, StudyConfig
-from scaling_lab.study.session import StudySession, check_rejections, tell_once
+from scaling_lab.study.session import StudySession, check_rejections, optuna_state, tell_once
 from scaling_lab.study.storage import Heartbeat
 
-def _run_one(session: StudySession, trial: optuna.Trial, space: Any, values: dict[str, Any], seed: int, cid: str) -> None:
+def _run_one(session: StudySession, trial: optuna.Trial, space: Any, values: dict[str, Any], seed: int, cid: str) -> Outcome:
     """Train one trial here, with heartbeats, and tell the study its outcome."""
     pruning = session.config.early_stopping.type != "none"
     metric = session.config.objectives[0].metric
@@ -45,12 +45,12 @@ def _run_one(session: StudySession, trial: optuna.Trial, space: Any, values: dic
     try:
         with Heartbeat(session.storage, [trial._trial_id]):
             outcome = session.candidates.run(space, values, seed, cid, on_epoch, time_latency=True)
-        state = {"complete": TrialState.COMPLETE, "failed": TrialState.FAIL}.get(outcome.state, TrialState.PRUNED)
-        told = tell_once(session, trial, outcome.record, outcome.values, state)
+        told = tell_once(session, trial, outcome.record, outcome.values, optuna_state(outcome.state))
     finally:
         if not told:  # interrupted (Ctrl-C): no record state, so the next plan enqueues it again
             with contextlib.suppress(UpdateFinishedTrialError, ValueError):
                 session.study.tell(trial, state=TrialState.FAIL)
+    return outcome
 
 
 def work_through(session: StudySession, group: Group) -> None:
@@ -66,8 +66,10 @@ def work_through(session: StudySession, group: Group) -> None:
             session.wait(group)
             continue
         trial, trial_group, space, values, seed, cid = started
-        _run_one(session, trial, space, values, seed, cid)
+        outcome = _run_one(session, trial, space, values, seed, cid)
         session.refresh()
+        if outcome.state == "interrupted":  # the machine's fault: stop here, the next run runs it again
+            raise MachineFault(f"{outcome.record['error']} (trial {trial.number})")
         check_rejections(session, trial_group)
 
 

@@ -33,6 +33,7 @@ from scaling_lab.study import results, storage
 from scaling_lab.study.candidate import CandidateRunner, TrialFunction, cost_counts, default_trial_function
 from scaling_lab.study.config import Group, StudyConfig
 from scaling_lab.study.fingerprint import check_same_definition, definition, definition_hash
+from scaling_lab.study.run_folder import check_database, find_database
 from scaling_lab.study.search_space import InfeasibleCandidate, SearchSpace, config_id
 from scaling_lab.study.winner import WinnerRule, decide_winner, plain
 
@@ -66,6 +67,12 @@ def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     if stopping.type == "median":
         return optuna.pruners.MedianPruner(n_warmup_steps=stopping.min_epochs)
     return optuna.pruners.NopPruner()
+
+
+def optuna_state(outcome_state: str) -> TrialState:
+    """How Optuna records an outcome: a rejected or pruned trial as pruned, an interrupted one
+    (the machine's fault) as failed without a ``failed`` record, so that it runs again."""
+    return {"complete": TrialState.COMPLETE, "failed": TrialState.FAIL, "interrupted": TrialState.FAIL}.get(outcome_state, TrialState.PRUNED)
 
 
 def store_record(trial: optuna.Trial, record: dict[str, Any]) -> None:
@@ -142,7 +149,10 @@ class StudySession:
         return str(self.config.run_dir) if storage.is_local(self.config.storage_url) else f"the study {self.config.name!r} of {self.config.storage_url}"
 
     def _check_run_folder(self) -> None:
-        """A run folder holds one study: its study.json must name this one."""
+        """A run folder holds one study: its study.json must name this one; its own database
+        file must be an Optuna study (or absent)."""
+        if storage.is_local(self.config.storage_url):
+            check_database(find_database(self.config.run_dir, self.config.storage_url))
         info_path = self.config.run_dir / "study.json"
         try:
             info = json.loads(info_path.read_text())
