@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scaling-lab {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        fault = no_space_left(exc, "a folder this command writes")
+        fault = no_space_left(exc, "the disk")
         if fault is None:
             raise
         print(f"scaling-lab {args.command}: error: {fault}", file=sys.stderr)

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from scaling_lab.errors import no_space_left
 from scaling_lab.files import check_output_folder
 from scaling_lab.ranges import POSITIVE_INT, flag
 from scaling_lab.report import write_report
@@ -26,7 +27,13 @@ def _run(args: argparse.Namespace) -> int:
     check_output_folder(config.run_dir, "--run-dir" if args.run_dir else f"{args.study}: run_dir")
     check_output_folder(Path("reports") / config.name, "report folder")  # written at the end: checked before training
     check_before_resume(config.run_dir, config.storage_is_local, config.storage_url)
-    frame = run_study(config, backend=args.backend, address=args.address, out=sys.stdout)
+    try:
+        frame = run_study(config, backend=args.backend, address=args.address, out=sys.stdout)
+    except Exception as exc:
+        fault = no_space_left(exc, config.run_dir)  # e.g. SQLite's "database or disk is full" names no folder
+        if fault is None or fault is exc:
+            raise
+        raise fault from exc
     print(f"results: {config.run_dir / 'results.parquet'} ({len(frame)} trials)")
     print(f"report: {write_report(config.run_dir)}")
     return 0
