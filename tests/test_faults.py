@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import torch
 
@@ -163,3 +164,38 @@ def test_report_of_a_study_whose_every_trial_failed_lists_the_failures(tmp_path,
     for page in (tmp_path / "run" / "report" / "index.html", tmp_path / "again" / "index.html"):
         text = page.read_text()
         assert "No trial is complete" in text and text.count("CUDA out of memory (simulated)") >= 2
+
+
+def test_retry_failed_runs_the_failed_trials_again_and_their_retries_replace_them(tmp_path, capsys, monkeypatch):
+    """A configuration's own failure stays failed on a plain run; ``--retry-failed`` runs it
+    again (interrupted, then resumed, it is still one retry), and the table holds each
+    (configuration, seed) once."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("scaling_lab.report._write_pngs", lambda figures, folder: [])
+    path = write_study(tmp_path)
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr("scaling_lab.study.session.default_trial_function", lambda: fake_trial)
+    assert cli.main(["run", str(path)]) == 0
+    first = read_parquet(run_dir / "results.parquet")
+    assert (first["state"] == "failed").sum() == 4
+    assert cli.main(["run", str(path)]) == 0  # a plain run keeps the failures
+    pd.testing.assert_frame_equal(read_parquet(run_dir / "results.parquet"), first)
+
+    calls = []
+
+    def interrupted_once_then_fixed(spec, *args, **kwargs):
+        calls.append(spec.feature_network)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return fake_trial(spec.replace(feature_network="bifpn"), *args, **kwargs)
+
+    monkeypatch.setattr("scaling_lab.study.session.default_trial_function", lambda: interrupted_once_then_fixed)
+    assert cli.main(["run", str(path), "--retry-failed"]) == 130
+    assert cli.main(["run", str(path)]) == 0  # the interrupted retry runs again without the flag
+    assert calls == ["panet"] * 5
+    frame = read_parquet(run_dir / "results.parquet")
+    assert len(frame) == 12 and set(frame["state"]) == {"complete"}
+    assert frame.groupby(["config_id", "seed"]).size().max() == 1
+    kept = first[first["state"] == "complete"].set_index("trial_id")["finished"]
+    assert frame.set_index("trial_id").loc[kept.index, "finished"].equals(kept)  # complete trials were not run again
+    assert "--retry-failed: 4 failed trial(s) enqueued again" in capsys.readouterr().out

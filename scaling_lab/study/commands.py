@@ -28,7 +28,7 @@ def _run(args: argparse.Namespace) -> int:
     check_output_folder(Path("reports") / config.name, "report folder")  # written at the end: checked before training
     check_before_resume(config.run_dir, config.storage_is_local, config.storage_url)
     try:
-        frame = run_study(config, backend=args.backend, address=args.address, out=sys.stdout)
+        frame = run_study(config, backend=args.backend, address=args.address, out=sys.stdout, retry_failed=args.retry_failed)
     except Exception as exc:
         fault = no_space_left(exc, config.run_dir)  # e.g. SQLite's "database or disk is full" names no folder
         if fault is None or fault is exc:
@@ -81,6 +81,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--profile", help="apply one of the study's profiles, e.g. --profile cpu")
     run.add_argument("--trials", type=flag(POSITIVE_INT), help="number of configurations to sample (random, tpe, nsga2 samplers)")
     run.add_argument("--run-dir", help="run folder (default: the study's run_dir, or runs/<name>/; runs/<name>-<profile>/ with --profile)")
+    run.add_argument(
+        "--retry-failed", action="store_true",
+        help="run the failed trials again (each from its checkpoint); trials interrupted by the machine always run again",
+    )
     run.set_defaults(func=_run)
 
     status = subparsers.add_parser("status", help="counts by state, planned total and best trials of a study")

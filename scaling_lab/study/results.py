@@ -42,6 +42,12 @@ def is_interrupted(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and trial.user_attrs.get("record", {}).get("state") not in ("failed", "duplicate")
 
 
+def retried(trials: list[FrozenTrial]) -> set[int]:
+    """Numbers of failed trials that ``run --retry-failed`` enqueued again (their retries carry
+    ``retry_of``): the retry stands for the failed trial, which leaves the table."""
+    return {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+
+
 def is_duplicate(trial: FrozenTrial) -> bool:
     """A sampled configuration the group already had: dropped before training, never a row."""
     return trial.state == TrialState.FAIL and trial.user_attrs.get("record", {}).get("state") == "duplicate"
@@ -108,7 +114,8 @@ def trial_row(trial: FrozenTrial, quality_metrics: tuple[str, ...]) -> dict[str,
 
 def results_frame(trials: list[FrozenTrial], task_kind: str) -> pd.DataFrame:
     quality = DETECTION_METRICS if task_kind == "detection" else CLASSIFICATION_METRICS
-    rows = [row for row in (trial_row(t, quality) for t in trials) if row is not None]
+    superseded = retried(trials)
+    rows = [row for row in (trial_row(t, quality) for t in trials if t.number not in superseded) if row is not None]
     frame = pd.DataFrame(rows)
     if frame.empty:
         frame = pd.DataFrame(columns=["trial_id", "state", "error", "seed", "config_id", "group", "spec_hash", "spec"])

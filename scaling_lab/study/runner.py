@@ -96,11 +96,13 @@ def run_study(
     address: str | None = None,
     trial_function: TrialFunction | None = None,
     out: TextIO | None = sys.stdout,
+    retry_failed: bool = False,
 ) -> pd.DataFrame:
     """Run (or resume) a study to its planned end and return its results table.
 
     ``trial_function`` defaults to ``scaling_lab.train.trainer.run_trial``; ``backend`` and
-    ``address`` override the study file's backend and attach Ray to a running cluster.
+    ``address`` override the study file's backend and attach Ray to a running cluster;
+    ``retry_failed`` runs the failed trials again (``StudySession.retry_failed``).
     """
     backend = backend or config.backend
     if address and backend != "ray":
@@ -113,7 +115,7 @@ def run_study(
     config = with_data_classes(config)
     previous_verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # progress lines say what happened to each trial
-    session = StudySession(config, trial_function, out)
+    session = StudySession(config, trial_function, out, retry_failed)
     try:
         session.refresh()
         if backend == "ray":

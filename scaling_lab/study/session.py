@@ -39,6 +39,7 @@ from scaling_lab.study.winner import WinnerRule, decide_winner, plain
 
 LIVE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
 POLL_S = 2.0  # how often a worker waiting for others' trials looks again
+TAGS = ("group", "seed", "config_id", "retry_of")  # a trial's place in the plan, kept when it is enqueued again
 MAX_CONSECUTIVE_REJECTIONS = 100
 MAX_DUPLICATE_SAMPLES = 100  # fresh samples in a row of configurations the group already has
 REASON_CHARS = 300  # the short failure reason shown in optuna-dashboard (the record can be cut there)
@@ -101,13 +102,15 @@ def tell_once(session: "StudySession", trial: optuna.Trial, record: dict[str, An
 class StudySession:
     """An opened study: storage, lock, plan and results refresh, shared by both backends."""
 
-    def __init__(self, config: StudyConfig, trial_function: TrialFunction | None = None, out: TextIO | None = None):
+    def __init__(self, config: StudyConfig, trial_function: TrialFunction | None = None, out: TextIO | None = None, retry_failed: bool = False):
         self.config = config
         self.out = out
         config.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock = self._acquire_folder_lock() if storage.is_local(config.storage_url) else None
         try:
             self._open(trial_function)
+            if retry_failed:
+                self.retry_failed()
         except BaseException:
             self.close()  # a study that fails to open leaves its run folder unlocked
             raise
@@ -184,6 +187,20 @@ class StudySession:
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             self.study.tell(trial.number, state=TrialState.FAIL)
 
+    def retry_failed(self) -> None:
+        """Enqueue every failed trial again (``run --retry-failed``), with its parameters, seed
+        and checkpoint folder; its retry stands for it in the results (``results.retried``).
+        A later group's best values, once decided, stay as they were decided."""
+        with storage.planning_lock(self.storage, self.config.name):
+            trials = self.study.get_trials(deepcopy=False)
+            superseded = results.retried(trials)
+            failed = [t for t in trials if results.trial_state(t) == "failed" and t.number not in superseded and "config_id" in t.user_attrs]
+            for trial in failed:
+                tags = {k: trial.user_attrs[k] for k in ("group", "seed", "config_id")}
+                self.study.enqueue_trial(dict(trial.params), user_attrs={**tags, "retry_of": trial.number})
+        if self.out is not None:
+            print(f"[{self.config.name}] --retry-failed: {len(failed)} failed trial(s) enqueued again", file=self.out, flush=True)
+
     def close(self) -> None:
         if self._lock is not None:
             self._lock.close()
@@ -249,7 +266,11 @@ class StudySession:
         return trial.user_attrs.get("config_id"), trial.user_attrs.get("seed", 0)
 
     def _live_keys(self, trials: list[FrozenTrial]) -> set[tuple[str, int]]:
-        return {self._key(t) for t in trials if t.state in LIVE_STATES and "config_id" in t.user_attrs and not results.is_interrupted(t)}
+        superseded = results.retried(trials)  # a retry has its failed trial's group
+        return {
+            self._key(t) for t in trials
+            if t.state in LIVE_STATES and "config_id" in t.user_attrs and not results.is_interrupted(t) and t.number not in superseded
+        }
 
     def _enqueue(self, group: Group, params: dict[str, Any], cid: str, seed: int) -> None:
         self.study.enqueue_trial(params, user_attrs={"group": group.name, "seed": seed, "config_id": cid})
@@ -263,7 +284,7 @@ class StudySession:
             for trial in trials:
                 key = self._key(trial)
                 if results.is_interrupted(trial) and key[0] is not None and key not in live:
-                    self.study.enqueue_trial(dict(trial.params), user_attrs={k: trial.user_attrs[k] for k in ("group", "seed", "config_id")})
+                    self.study.enqueue_trial(dict(trial.params), user_attrs={k: trial.user_attrs[k] for k in TAGS if k in trial.user_attrs})
                     live.add(key)
             if group.trials is not None:  # a sampled group: each started configuration gets all its seeds
                 params = {self._key(t)[0]: dict(t.params) for t in trials if self._key(t) in live}
