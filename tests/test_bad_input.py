@@ -8,6 +8,7 @@ its database, and the six kinds of bad input handled before this table existed."
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import sys
@@ -94,7 +95,25 @@ DATA_DAMAGE: dict[str, tuple[Callable[[dict, Path], None], list[str]]] = {
     "negative size": (lambda d, images: d["annotations"][1].update(bbox=[8, 8, -4, 10]), ["annotation 2 (image 2)", "[8, 8, -4, 10] has a width or height that is not positive"]),
     "unknown category": (lambda d, images: d["annotations"][0].update(category_id=7), ["annotation 1", "unknown category_id 7", "valid category ids are 1"]),
     "duplicate image id": (lambda d, images: d["images"].append(dict(d["images"][0])), ["images id 1 appears twice"]),
+    "NaN box": (lambda d, images: d["annotations"][0].update(bbox=[8, float("nan"), 20, 20]), ["annotation file", "annotations.json: annotation 1 (image 1)", "[8, nan, 20, 20] has a coordinate that is not finite"]),
+    "infinite box": (lambda d, images: d["annotations"][1].update(bbox=[8, 8, float("inf"), 20]), ["annotation 2 (image 2)", "[8, 8, inf, 20] has a coordinate that is not finite"]),
+    "file_name outside": (lambda d, images: outside_image(d, images, "../../outside.png"), ["outside.png (image id 1) leaves the images folder (resolved to", "/data/outside.png)"]),
+    "absolute file_name": (lambda d, images: outside_image(d, images, str(images.parent / "elsewhere.png")), ["elsewhere.png (image id 1) leaves the images folder"]),
+    "float pixels": (lambda d, images: Image.fromarray(np.zeros((64, 64), np.float32)).save(images / "1.png", format="TIFF"), ["1.png (image id 1) has pixel mode 'F'", "cannot be converted to 8-bit RGB"]),
 }
+
+
+def outside_image(data: dict, images: Path, file_name: str) -> None:
+    """Image 1 listed by a file_name that leaves the images folder (the file exists there)."""
+    target = Path(os.path.normpath(images / file_name))
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(target)
+    data["images"][0]["file_name"] = file_name
+
+
+def without_val_annotations(root: str) -> str:
+    path = Path(root) / "val" / "annotations.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "annotations": []}))
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +176,7 @@ ROWS: list[Row] = [
         (f"image data: {name}", lambda t, f, change=change: ["train", spec_file(t, json.dumps(TINY_SPEC)), "--data", coco_folder(t, change), "--no-latency"], 2, words)
         for name, (change, words) in DATA_DAMAGE.items()
     ],
+    ("val split without annotations", lambda t, f: ["train", spec_file(t, json.dumps(TINY_SPEC)), "--data", without_val_annotations(coco_folder(t, lambda d, i: None)), "--no-latency"], 2, ["validation annotation file", "val/annotations.json holds no boxes", "every AP would be NaN"]),
     # A damaged run folder whose database is gone: refused, naming the database.
     ("damaged results, no database", lambda t, f: ["status", run_folder(t, f, no_database)], 2, ["study.db: the study database is missing", "results.parquet", "cannot be rebuilt"]),
     ("resume over results without database", lambda t, f: ["run", str(write_study(t)), "--run-dir", run_folder(t, f, lambda r: (r / "study.db").unlink())], 2, ["study.db: the study database is missing, but", "holds results of an earlier run"]),
@@ -215,6 +235,18 @@ def test_bad_image_data_is_skipped_and_counted_with_bad_data_skip(name, tmp_path
     assert len(dataset) == 2 - stats.images_skipped + (name == "duplicate image id")
     note = skipped_data_notes(dataset, dataset)[0]
     assert note.startswith("train data: skipped") and "bad_data: skip" in note
+
+
+def test_16_bit_image_keeps_its_range(tmp_path):
+    """PIL's own conversion clips 16-bit grey at 255 (a gradient turns white); the loader scales it."""
+    from scaling_lab.data.transforms import load_image_resized
+
+    gradient = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
+    Image.fromarray(gradient).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    pixels, scale = load_image_resized(tmp_path / "deep.png", 64)
+    assert scale == 1 and pixels.shape == (64, 64, 3)
+    np.testing.assert_array_equal(pixels[0, :, 0], np.round(gradient[0] / 65535 * 255).astype(np.uint8))
 
 
 def test_bad_classification_image_is_skipped_and_counted(tmp_path):

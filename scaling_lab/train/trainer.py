@@ -157,7 +157,13 @@ def load_split(task: Task, split: str):
     images = getattr(task, f"{split}_images") or root / split / "images"
     annotations = getattr(task, f"{split}_annotations") or root / split / "annotations.json"
     hint = f"set task {split}_images/{split}_annotations or use the layout <data>/{split}/images + <data>/{split}/annotations.json"
-    return CocoDetection(_check_path(Path(images), "images folder", hint), _check_path(Path(annotations), "annotation file", hint), labels=task.labels, bad_data=task.bad_data)
+    dataset = CocoDetection(_check_path(Path(images), "images folder", hint), _check_path(Path(annotations), "annotation file", hint), labels=task.labels, bad_data=task.bad_data)
+    if split == "val" and dataset.stats.boxes == 0:
+        raise ScalingLabError(
+            f"validation annotation file {annotations} holds no boxes to score against ({dataset.stats.images} images, "
+            f"{dataset.stats.annotations} annotations, none a usable box), so every AP would be NaN; give a validation split with annotations"
+        )
+    return dataset
 
 
 def load_datasets(task: Task) -> tuple[Any, Any]:
