@@ -110,6 +110,12 @@ def outside_image(data: dict, images: Path, file_name: str) -> None:
     data["images"][0]["file_name"] = file_name
 
 
+def checkpoints_file(folder: Path) -> str:
+    (folder / "run").mkdir()
+    (folder / "run" / "checkpoints").write_text("x")
+    return str(folder / "run")
+
+
 def without_val_annotations(root: str) -> str:
     path = Path(root) / "val" / "annotations.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "annotations": []}))
@@ -146,6 +152,11 @@ ROWS: list[Row] = [
     ("train --checkpoint-dir is a file", lambda t, f: ["train", spec_file(t, json.dumps(TINY_SPEC)), "--checkpoint-dir", spec_file(t, "x", "file")], 2, ["--checkpoint-dir", "is a file, not a folder"]),
     ("report --out is a file", lambda t, f: ["report", run_folder(t, f), "--no-png", "--out", spec_file(t, "x", "file")], 2, ["--out", "is a file, not a folder"]),
     ("report folder is a file", lambda t, f: ["report", run_folder(t, f, lambda run: (run / "report").write_text("x")), "--no-png"], 2, ["report folder", "/run/report: is a file, not a folder"]),
+    ("run checkpoints is a file", lambda t, f: ["run", str(write_study(t)), "--run-dir", checkpoints_file(t)], 2, ["checkpoints folder", "/checkpoints: is a file, not a folder"]),
+    ("study name too long", lambda t, f: ["run", str(write_study(t, name="n" * 300, run_dir=""))], 2, ["tiny.yaml: run_dir", "is 300 bytes, over the file system's limit of 255 bytes per name"]),
+    ("run --run-dir ''", lambda t, f: ["run", str(write_study(t)), "--run-dir", ""], 2, ["argument --run-dir", "an empty path is not a folder"]),
+    ("train --checkpoint-dir ''", lambda t, f: ["train", "efficientdet-d0", "--checkpoint-dir", " "], 2, ["argument --checkpoint-dir", "an empty path is not a folder"]),
+    ("report --out ''", lambda t, f: ["report", run_folder(t, f), "--out", ""], 2, ["argument --out", "an empty path is not a folder"]),
     ("report --out unwritable", lambda t, f: ["report", run_folder(t, f), "--no-png", "--out", "/proc/scaling-lab-report"], 2, ["--out /proc/scaling-lab-report: cannot be written"]),
     # Values that cannot be right: one range table for flags and study keys.
     ("train --lr nan", lambda t, f: ["train", "efficientdet-d0", "--lr", "nan"], 2, ["argument --lr", "'nan' is not valid", "finite number > 0"]),
@@ -168,6 +179,8 @@ ROWS: list[Row] = [
     ("deeply nested spec", lambda t, f: ["measure", deep_yaml(t)], 2, ["deep.yaml", "nested"]),
     ("alias bomb spec", lambda t, f: ["measure", alias_bomb(t)], 2, ["bomb.yaml", "aliases expanded", "1,000,000"]),
     ("recursive anchor", lambda t, f: ["measure", spec_file(t, "a: &a [*a]\n")], 2, ["spec.yaml", "refers to itself"]),
+    ("duplicate YAML key", lambda t, f: ["run", spec_file(t, "name: tiny\nbase: efficientdet-d0\ntask:\n  epochs: 3\n  lr: 0.1\n  epochs: 30\n", "study.yaml")], 2, ["study.yaml: key 'epochs' appears twice in one mapping (lines 4 and 6)"]),
+    ("database password", lambda t, f: ["run", str(write_study(t, storage="postgresql+psycopg2://optuna:s3cret@127.0.0.1:1/db"))], 2, ["storage 'postgresql+psycopg2://optuna:***@127.0.0.1:1/db' cannot be opened"]),
     ("oversized spec", lambda t, f: ["measure", spec_file(t, "# " + "x" * (5 * 1024 * 1024))], 2, ["spec.yaml", "larger than 4 MiB"]),
     ("deeply nested study", lambda t, f: ["run", spec_file(t, "name: x\nbase: " + "[" * 3000 + "]" * 3000, "study.yaml")], 2, ["study.yaml", "nested"]),
     ("deeply nested annotations", lambda t, f: ["train", spec_file(t, json.dumps(TINY_SPEC)), "--data", coco_folder(t, lambda d, i: d.update(info="@deep@"))], 2, ["annotations.json", "nested"]),
@@ -204,7 +217,7 @@ def test_bad_input_is_a_clear_error(name, arguments, status, words, tmp_path, fi
     monkeypatch.setattr("scaling_lab.study.session.default_trial_function", lambda: fake_trial)
     code, err = invoke(arguments(tmp_path, finished_run), capsys)
     assert code == status, err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "s3cret" not in err
     message = err.strip().splitlines()[-1]  # argparse prints its usage first
     for word in words:
         assert word in message, f"{word!r} not in {message!r}"

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from scaling_lab.errors import no_space_left
-from scaling_lab.files import check_output_folder
+from scaling_lab.files import check_output_folder, folder_argument
 from scaling_lab.ranges import POSITIVE_INT, flag
 from scaling_lab.report import write_report
 from scaling_lab.study.config import BACKENDS, load_study
@@ -25,6 +25,7 @@ def _run(args: argparse.Namespace) -> int:
         overrides.append(f"sampler.trials={args.trials}")
     config = load_study(args.study, profile=args.profile, overrides=overrides, run_dir=args.run_dir)
     check_output_folder(config.run_dir, "--run-dir" if args.run_dir else f"{args.study}: run_dir")
+    check_output_folder(config.run_dir / "checkpoints", "checkpoints folder")  # trials write there: checked before training
     check_output_folder(Path("reports") / config.name, "report folder")  # written at the end: checked before training
     check_before_resume(config.run_dir, config.storage_is_local, config.storage_url)
     try:
@@ -80,7 +81,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a study key, e.g. --set task.epochs=1 (repeatable)")
     run.add_argument("--profile", help="apply one of the study's profiles, e.g. --profile cpu")
     run.add_argument("--trials", type=flag(POSITIVE_INT), help="number of configurations to sample (random, tpe, nsga2 samplers)")
-    run.add_argument("--run-dir", help="run folder (default: the study's run_dir, or runs/<name>/; runs/<name>-<profile>/ with --profile)")
+    run.add_argument("--run-dir", type=folder_argument, help="run folder (default: the study's run_dir, or runs/<name>/; runs/<name>-<profile>/ with --profile)")
     run.add_argument(
         "--retry-failed", action="store_true",
         help="run the failed trials again (each from its checkpoint); trials interrupted by the machine always run again",

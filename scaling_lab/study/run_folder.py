@@ -26,6 +26,7 @@ from scaling_lab.errors import ScalingLabError
 from scaling_lab.files import atomic_write, atomic_write_text, read_parquet
 from scaling_lab.study import results
 from scaling_lab.study.config import DIRECTIONS, load_study, run_dir_for
+from scaling_lab.study.storage import masked
 from scaling_lab.trial import TASK_KINDS
 
 STUDY_JSON, PARQUET, CSV = "study.json", "results.parquet", "results.csv"
@@ -125,7 +126,7 @@ def find_database(run_dir: Path, storage_url: str | None = None) -> Database:
             recorded = None
         storage_url = recorded if isinstance(recorded, str) else None
     if storage_url and not storage_url.startswith(("sqlite:", "journal:")):
-        return Database(storage_url, f"the study database {storage_url}", None)
+        return Database(storage_url, f"the study database {masked(storage_url)}", None)
     return Database(f"sqlite:///{run_dir / 'study.db'}", str(run_dir / "study.db"), run_dir / "study.db")
 
 

@@ -40,6 +40,7 @@ from scaling_lab.study.winner import WinnerRule, decide_winner, plain
 LIVE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
 POLL_S = 2.0  # how often a worker waiting for others' trials looks again
 TAGS = ("group", "seed", "config_id", "retry_of")  # a trial's place in the plan, kept when it is enqueued again
+PLANNING_PROGRESS_EVERY = 1000  # enqueued trials between progress lines of a long plan
 MAX_CONSECUTIVE_REJECTIONS = 100
 MAX_DUPLICATE_SAMPLES = 100  # fresh samples in a row of configurations the group already has
 REASON_CHARS = 300  # the short failure reason shown in optuna-dashboard (the record can be cut there)
@@ -149,7 +150,7 @@ class StudySession:
             self._fail_running_trials()
 
     def _where(self) -> str:
-        return str(self.config.run_dir) if storage.is_local(self.config.storage_url) else f"the study {self.config.name!r} of {self.config.storage_url}"
+        return str(self.config.run_dir) if storage.is_local(self.config.storage_url) else f"the study {self.config.name!r} of {storage.masked(self.config.storage_url)}"
 
     def _check_run_folder(self) -> None:
         """A run folder holds one study: its study.json must name this one; its own database
@@ -272,8 +273,15 @@ class StudySession:
             if t.state in LIVE_STATES and "config_id" in t.user_attrs and not results.is_interrupted(t) and t.number not in superseded
         }
 
-    def _enqueue(self, group: Group, params: dict[str, Any], cid: str, seed: int) -> None:
-        self.study.enqueue_trial(params, user_attrs={"group": group.name, "seed": seed, "config_id": cid})
+    def _enqueue(self, group: Group, planned: list[tuple[dict[str, Any], str, int]]) -> None:
+        """Enqueue (parameters, configuration id, seed) trials of a group; a long plan (``repeats:
+        10000``) prints its progress every ``PLANNING_PROGRESS_EVERY`` trials, since each takes a
+        database transaction."""
+        loud = self.out is not None and len(planned) >= PLANNING_PROGRESS_EVERY
+        for done, (params, cid, seed) in enumerate(planned, start=1):
+            self.study.enqueue_trial(params, user_attrs={"group": group.name, "seed": seed, "config_id": cid})
+            if loud and (done % PLANNING_PROGRESS_EVERY == 0 or done == len(planned)):
+                print(f"[{self.config.name}] planning group {group.name or 'main'}: {done}/{len(planned)} trials enqueued", file=self.out, flush=True)
 
     def reconcile(self, group: Group) -> None:
         """Make the stored plan of this group whole (see the module docstring)."""
@@ -288,16 +296,14 @@ class StudySession:
                     live.add(key)
             if group.trials is not None:  # a sampled group: each started configuration gets all its seeds
                 params = {self._key(t)[0]: dict(t.params) for t in trials if self._key(t) in live}
-                for cid, seed in [(cid, seed) for cid in params for seed in self.config.seeds if (cid, seed) not in live]:
-                    self._enqueue(group, params[cid], cid, seed)
+                self._enqueue(group, [(params[cid], cid, seed) for cid in params for seed in self.config.seeds if (cid, seed) not in live])
                 return
             space = self.space(group)
             points = space.grid()
             missing = [(values, seed) for values in points for seed in self.config.seeds if (config_id(group.name, values), seed) not in live]
             if missing and not trials:
                 self._check_feasible(space, group, points)
-            for values, seed in missing:
-                self._enqueue(group, space.optuna_params(values, self.prefix(group)), config_id(group.name, values), seed)
+            self._enqueue(group, [(space.optuna_params(values, self.prefix(group)), config_id(group.name, values), seed) for values, seed in missing])
 
     def _check_feasible(self, space: SearchSpace, group: Group, points: list[dict[str, Any]]) -> None:
         """Every grid point must make a valid spec (a bad value is an error before anything
@@ -373,8 +379,7 @@ class StudySession:
         for key, value in (("group", group.name), ("seed", seed), ("config_id", cid)):
             trial.set_user_attr(key, value)
         if fresh:
-            for other in self.config.seeds[1:]:
-                self._enqueue(group, dict(trial.params), cid, other)
+            self._enqueue(group, [(dict(trial.params), cid, other) for other in self.config.seeds[1:]])
         return group, space, values, seed, cid
 
     def settled(self, group: Group) -> bool:
