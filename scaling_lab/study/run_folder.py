@@ -147,6 +147,10 @@ def database_problem(path: Path) -> str | None:
         with contextlib.closing(sqlite3.connect(path)) as connection:
             tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             check = connection.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc):  # a run is writing it (status and report may read a running study)
+            return None
+        return f"is damaged ({exc})"
     except sqlite3.DatabaseError as exc:
         return f"is damaged ({exc})"
     if check != "ok":
