@@ -27,6 +27,25 @@ class DocumentError(ScalingLabError):
     """A YAML or JSON file that cannot be read, or that breaks a limit; the message names it."""
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _check_unique_keys(node: yaml.MappingNode, where: str) -> None:
+    """A key given twice in one mapping is an error (YAML readers keep the last one silently, so
+    a study would run with a value its author did not mean); ``<<`` merges may override."""
+    first_line: dict[tuple[str, str], int] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == MERGE_TAG:
+            continue
+        line = key.start_mark.line + 1
+        if (key.tag, key.value) in first_line:
+            raise DocumentError(
+                f"{where}: key {key.value!r} appears twice in one mapping (lines {first_line[key.tag, key.value]} and {line}); "
+                "keep one of them"
+            )
+        first_line[key.tag, key.value] = line
+
+
 def _node_measure(node: yaml.Node, where: str, memo: dict[int, tuple[int, int]], open_nodes: set[int], depth: int) -> tuple[int, int]:
     """(nesting depth, node count with aliases expanded) of a composed YAML node."""
     key = id(node)
@@ -39,6 +58,7 @@ def _node_measure(node: yaml.Node, where: str, memo: dict[int, tuple[int, int]],
     if isinstance(node, yaml.SequenceNode):
         children = node.value
     elif isinstance(node, yaml.MappingNode):
+        _check_unique_keys(node, where)
         children = [item for pair in node.value for item in pair]
     else:
         memo[key] = (1, 1)

@@ -8,6 +8,7 @@ its database, and the six kinds of bad input handled before this table existed."
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import sys
@@ -94,7 +95,31 @@ DATA_DAMAGE: dict[str, tuple[Callable[[dict, Path], None], list[str]]] = {
     "negative size": (lambda d, images: d["annotations"][1].update(bbox=[8, 8, -4, 10]), ["annotation 2 (image 2)", "[8, 8, -4, 10] has a width or height that is not positive"]),
     "unknown category": (lambda d, images: d["annotations"][0].update(category_id=7), ["annotation 1", "unknown category_id 7", "valid category ids are 1"]),
     "duplicate image id": (lambda d, images: d["images"].append(dict(d["images"][0])), ["images id 1 appears twice"]),
+    "NaN box": (lambda d, images: d["annotations"][0].update(bbox=[8, float("nan"), 20, 20]), ["annotation file", "annotations.json: annotation 1 (image 1)", "[8, nan, 20, 20] has a coordinate that is not finite"]),
+    "infinite box": (lambda d, images: d["annotations"][1].update(bbox=[8, 8, float("inf"), 20]), ["annotation 2 (image 2)", "[8, 8, inf, 20] has a coordinate that is not finite"]),
+    "file_name outside": (lambda d, images: outside_image(d, images, "../../outside.png"), ["outside.png (image id 1) leaves the images folder (resolved to", "/data/outside.png)"]),
+    "absolute file_name": (lambda d, images: outside_image(d, images, str(images.parent / "elsewhere.png")), ["elsewhere.png (image id 1) leaves the images folder"]),
+    "float pixels": (lambda d, images: Image.fromarray(np.zeros((64, 64), np.float32)).save(images / "1.png", format="TIFF"), ["1.png (image id 1) has pixel mode 'F'", "cannot be converted to 8-bit RGB"]),
 }
+
+
+def outside_image(data: dict, images: Path, file_name: str) -> None:
+    """Image 1 listed by a file_name that leaves the images folder (the file exists there)."""
+    target = Path(os.path.normpath(images / file_name))
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(target)
+    data["images"][0]["file_name"] = file_name
+
+
+def checkpoints_file(folder: Path) -> str:
+    (folder / "run").mkdir()
+    (folder / "run" / "checkpoints").write_text("x")
+    return str(folder / "run")
+
+
+def without_val_annotations(root: str) -> str:
+    path = Path(root) / "val" / "annotations.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "annotations": []}))
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +152,11 @@ ROWS: list[Row] = [
     ("train --checkpoint-dir is a file", lambda t, f: ["train", spec_file(t, json.dumps(TINY_SPEC)), "--checkpoint-dir", spec_file(t, "x", "file")], 2, ["--checkpoint-dir", "is a file, not a folder"]),
     ("report --out is a file", lambda t, f: ["report", run_folder(t, f), "--no-png", "--out", spec_file(t, "x", "file")], 2, ["--out", "is a file, not a folder"]),
     ("report folder is a file", lambda t, f: ["report", run_folder(t, f, lambda run: (run / "report").write_text("x")), "--no-png"], 2, ["report folder", "/run/report: is a file, not a folder"]),
+    ("run checkpoints is a file", lambda t, f: ["run", str(write_study(t)), "--run-dir", checkpoints_file(t)], 2, ["checkpoints folder", "/checkpoints: is a file, not a folder"]),
+    ("study name too long", lambda t, f: ["run", str(write_study(t, name="n" * 300, run_dir=""))], 2, ["tiny.yaml: run_dir", "is 300 bytes, over the file system's limit of 255 bytes per name"]),
+    ("run --run-dir ''", lambda t, f: ["run", str(write_study(t)), "--run-dir", ""], 2, ["argument --run-dir", "an empty path is not a folder"]),
+    ("train --checkpoint-dir ''", lambda t, f: ["train", "efficientdet-d0", "--checkpoint-dir", " "], 2, ["argument --checkpoint-dir", "an empty path is not a folder"]),
+    ("report --out ''", lambda t, f: ["report", run_folder(t, f), "--out", ""], 2, ["argument --out", "an empty path is not a folder"]),
     ("report --out unwritable", lambda t, f: ["report", run_folder(t, f), "--no-png", "--out", "/proc/scaling-lab-report"], 2, ["--out /proc/scaling-lab-report: cannot be written"]),
     # Values that cannot be right: one range table for flags and study keys.
     ("train --lr nan", lambda t, f: ["train", "efficientdet-d0", "--lr", "nan"], 2, ["argument --lr", "'nan' is not valid", "finite number > 0"]),
@@ -149,6 +179,8 @@ ROWS: list[Row] = [
     ("deeply nested spec", lambda t, f: ["measure", deep_yaml(t)], 2, ["deep.yaml", "nested"]),
     ("alias bomb spec", lambda t, f: ["measure", alias_bomb(t)], 2, ["bomb.yaml", "aliases expanded", "1,000,000"]),
     ("recursive anchor", lambda t, f: ["measure", spec_file(t, "a: &a [*a]\n")], 2, ["spec.yaml", "refers to itself"]),
+    ("duplicate YAML key", lambda t, f: ["run", spec_file(t, "name: tiny\nbase: efficientdet-d0\ntask:\n  epochs: 3\n  lr: 0.1\n  epochs: 30\n", "study.yaml")], 2, ["study.yaml: key 'epochs' appears twice in one mapping (lines 4 and 6)"]),
+    ("database password", lambda t, f: ["run", str(write_study(t, storage="postgresql+psycopg2://optuna:s3cret@127.0.0.1:1/db"))], 2, ["storage 'postgresql+psycopg2://optuna:***@127.0.0.1:1/db' cannot be opened"]),
     ("oversized spec", lambda t, f: ["measure", spec_file(t, "# " + "x" * (5 * 1024 * 1024))], 2, ["spec.yaml", "larger than 4 MiB"]),
     ("deeply nested study", lambda t, f: ["run", spec_file(t, "name: x\nbase: " + "[" * 3000 + "]" * 3000, "study.yaml")], 2, ["study.yaml", "nested"]),
     ("deeply nested annotations", lambda t, f: ["train", spec_file(t, json.dumps(TINY_SPEC)), "--data", coco_folder(t, lambda d, i: d.update(info="@deep@"))], 2, ["annotations.json", "nested"]),
@@ -157,6 +189,7 @@ ROWS: list[Row] = [
         (f"image data: {name}", lambda t, f, change=change: ["train", spec_file(t, json.dumps(TINY_SPEC)), "--data", coco_folder(t, change), "--no-latency"], 2, words)
         for name, (change, words) in DATA_DAMAGE.items()
     ],
+    ("val split without annotations", lambda t, f: ["train", spec_file(t, json.dumps(TINY_SPEC)), "--data", without_val_annotations(coco_folder(t, lambda d, i: None)), "--no-latency"], 2, ["validation annotation file", "val/annotations.json holds no boxes", "every AP would be NaN"]),
     # A damaged run folder whose database is gone: refused, naming the database.
     ("damaged results, no database", lambda t, f: ["status", run_folder(t, f, no_database)], 2, ["study.db: the study database is missing", "results.parquet", "cannot be rebuilt"]),
     ("resume over results without database", lambda t, f: ["run", str(write_study(t)), "--run-dir", run_folder(t, f, lambda r: (r / "study.db").unlink())], 2, ["study.db: the study database is missing, but", "holds results of an earlier run"]),
@@ -184,7 +217,7 @@ def test_bad_input_is_a_clear_error(name, arguments, status, words, tmp_path, fi
     monkeypatch.setattr("scaling_lab.study.session.default_trial_function", lambda: fake_trial)
     code, err = invoke(arguments(tmp_path, finished_run), capsys)
     assert code == status, err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "s3cret" not in err
     message = err.strip().splitlines()[-1]  # argparse prints its usage first
     for word in words:
         assert word in message, f"{word!r} not in {message!r}"
@@ -225,6 +258,18 @@ def test_bad_image_data_is_skipped_and_counted_with_bad_data_skip(name, tmp_path
     assert len(dataset) == 2 - stats.images_skipped + (name == "duplicate image id")
     note = skipped_data_notes(dataset, dataset)[0]
     assert note.startswith("train data: skipped") and "bad_data: skip" in note
+
+
+def test_16_bit_image_keeps_its_range(tmp_path):
+    """PIL's own conversion clips 16-bit grey at 255 (a gradient turns white); the loader scales it."""
+    from scaling_lab.data.transforms import load_image_resized
+
+    gradient = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
+    Image.fromarray(gradient).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    pixels, scale = load_image_resized(tmp_path / "deep.png", 64)
+    assert scale == 1 and pixels.shape == (64, 64, 3)
+    np.testing.assert_array_equal(pixels[0, :, 0], np.round(gradient[0] / 65535 * 255).astype(np.uint8))
 
 
 def test_bad_classification_image_is_skipped_and_counted(tmp_path):

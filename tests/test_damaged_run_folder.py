@@ -165,3 +165,67 @@ def test_study_json_of_a_database_without_its_record_is_refused_clearly(study_co
     err = capsys.readouterr().err
     assert "holds the trials but not the study record that study.json is rebuilt from" in err and "scaling-lab run" in err
     assert (run_dir / "study.json").read_text() == "{broken"
+
+
+def _foreign_sqlite(path: Path) -> None:
+    import sqlite3
+
+    path.unlink()
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+        connection.execute("INSERT INTO invoices VALUES (1, 9.5)")
+
+
+def _truncated(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _folder(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+    (path / "inside").write_text("x")
+
+
+UNUSABLE_DATABASES = {
+    "empty": (lambda path: path.write_bytes(b""), "is empty (0 bytes)"),
+    "another application's": (_foreign_sqlite, "is another application's SQLite database (tables invoices), not an Optuna study"),
+    "truncated": (_truncated, "is damaged (database disk image is malformed)"),
+    "a folder": (_folder, "is a folder, not a database file"),
+}
+
+
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    return {str(path.relative_to(folder)): path.read_bytes() if path.is_file() else None for path in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("database", UNUSABLE_DATABASES)
+def test_unusable_database_is_refused_before_anything_is_written(study_copy, command, database, capsys, monkeypatch):
+    """A 0-byte, foreign, truncated study.db or a folder in its place: exit 2 with one line naming
+    it, whether or not the derived files look intact; nothing trains, nothing is written."""
+    run_dir = study_copy / "run"
+    trained = []
+    monkeypatch.setattr("scaling_lab.study.session.default_trial_function", lambda: lambda *a, **k: trained.append(1) or fake_trial(*a, **k))
+    make, words = UNUSABLE_DATABASES[database]
+    make(run_dir / "study.db")
+    before = _snapshot(study_copy)
+    assert cli.main(command_args(command, study_copy)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"{run_dir / 'study.db'}: the study database {words}" in err and "Nothing was read or written" in err
+    assert _snapshot(study_copy) == before and trained == []
+
+
+@pytest.mark.parametrize("command", ("status", "run"))
+def test_derived_file_that_is_a_folder_is_damaged_and_rebuilt(study_copy, command, capsys):
+    run_dir = study_copy / "run"
+    before = table(run_dir, "results.parquet")
+    _folder(run_dir / "results.parquet")
+    assert cli.main(command_args(command, study_copy) + (["--json"] if command == "status" else [])) == 0
+    out, err = capsys.readouterr()
+    assert f"{run_dir / 'results.parquet'} was damaged (a folder, not a file)" in err
+    assert (run_dir / "results.parquet.damaged" / "inside").read_text() == "x"
+    pd.testing.assert_frame_equal(table(run_dir, "results.parquet"), before)
+    if command == "status":
+        assert json.loads(out)["complete"] == 2

@@ -59,3 +59,10 @@ def write_study(folder: Path, **changes) -> Path:
     path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     return path
+
+
+def dying_trial(spec, task, budget, report=None, seed=0, checkpoint_dir=None, device=None, progress=False):
+    """``fake_trial``, except that PANet kills its worker process (as the host's OOM killer would)."""
+    if spec.feature_network == "panet":
+        os._exit(1)
+    return fake_trial(spec, task, budget, report, seed, checkpoint_dir, device, progress)

@@ -64,3 +64,20 @@ def test_trials_awaiting_their_latency_are_reported_as_they_finish_training(tmp_
     trained = [i for i, line in enumerate(lines) if " trained (AP " in line and "latency is timed alone" in line]
     told = [i for i, line in enumerate(lines) if "2/2 done" in line]
     assert len(trained) == 2 and told and max(trained) < min(told), lines
+
+
+def test_a_trial_whose_worker_dies_is_interrupted_and_runs_again(tmp_path, two_node_cluster):
+    """A dead worker is the machine's fault, not the configuration's: after Ray's retries the
+    trial is recorded as interrupted, the run stops with exit 2's error, and the next run trains it."""
+    from scaling_lab.errors import MachineFault
+    from scaling_lab.study.results import is_interrupted
+    from test_study_helpers import dying_trial
+
+    path = write_study(tmp_path, search_space={"parameters": {"feature_network": ["fpn", "panet"]}}, repeats=1)
+    config = load_study(path)
+    with pytest.raises(MachineFault, match=r"trial \d: the Ray trial's worker died 3 times; see its logs under .*the next run runs them again"):
+        run_study(config, backend="ray", address=two_node_cluster.address, trial_function=dying_trial, out=None)
+    trials = optuna.load_study(study_name="tiny", storage=config.storage_url).trials
+    assert [t.user_attrs["config_id"] for t in trials if is_interrupted(t)] == [t.user_attrs["config_id"] for t in trials if t.params == {"feature_network": "panet"}]
+    frame = run_study(config, backend="ray", address=two_node_cluster.address, trial_function=fake_trial, out=None)
+    assert frame.set_index("feature_network")["state"].to_dict() == {"fpn": "complete", "panet": "failed"}

@@ -341,6 +341,22 @@ def test_checkpoint_resume_continues_and_matches_an_uninterrupted_run(tmp_path):
         run_trial(TINY_DETECTOR, task, budget, seed=1, checkpoint_dir=tmp_path)
 
 
+def test_unreadable_checkpoint_is_moved_aside_and_the_trial_starts_afresh(tmp_path):
+    """Checkpoints are written atomically, so one cut short is the machine's doing (a disk
+    error, a copy): the trial is not failed for good but trains afresh, keeping the damaged file."""
+    task, budget = tiny_task(), Budget(epochs=1)
+    straight = run_trial(TINY_DETECTOR, task, budget)
+    torch.save({"weights": torch.zeros(10_000)}, tmp_path / trainer.CHECKPOINT_NAME)
+    truncated = (tmp_path / trainer.CHECKPOINT_NAME).read_bytes()[:5000]
+    (tmp_path / trainer.CHECKPOINT_NAME).write_bytes(truncated)
+    result = run_trial(TINY_DETECTOR, task, budget, checkpoint_dir=tmp_path)
+    assert result.curve[0] == pytest.approx(straight.curve[0], nan_ok=True)
+    assert len(result.notes) == 1 and f"checkpoint {tmp_path / trainer.CHECKPOINT_NAME} could not be read" in result.notes[0]
+    assert "moved aside as checkpoint.pt.damaged, the trial started afresh" in result.notes[0]
+    assert (tmp_path / "checkpoint.pt.damaged").read_bytes() == truncated
+    assert torch.load(tmp_path / trainer.CHECKPOINT_NAME, weights_only=True)["epoch"] == 1
+
+
 def test_num_classes_mismatch_adapts_or_fails():
     other = TINY_DETECTOR.replace(num_classes=90)
     result = run_trial(other, tiny_task(), Budget(epochs=1))

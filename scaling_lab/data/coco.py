@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -229,7 +231,7 @@ def _check_structure(data: Any, path: Path, skip: bool = False) -> dict[str, int
         if not isinstance(image.get("file_name"), str):
             raise ScalingLabError(f"{where}: 'file_name' is missing or not a string")
         for key in ("width", "height"):
-            if not _is_number(image.get(key)) or image[key] <= 0:
+            if not _is_number(image.get(key)) or not math.isfinite(image[key]) or image[key] <= 0:
                 raise ScalingLabError(f"{where}: {key!r} is {image.get(key)!r}; expected a positive number of pixels")
     _unique_ids(data["annotations"], "annotations", path)
     if skip:
@@ -249,8 +251,18 @@ def _check_structure(data: Any, path: Path, skip: bool = False) -> dict[str, int
         bbox = annotation.get("bbox")
         if not isinstance(bbox, list) or len(bbox) != 4 or not all(map(_is_number, bbox)):
             raise ScalingLabError(f"{where}: bbox {bbox!r} must be [x, y, width, height] (4 numbers)")
+    if skip:
+        kept = [a for a in data["annotations"] if all(map(math.isfinite, a["bbox"]))]
+        skipped["annotations"] += len(data["annotations"]) - len(kept)
+        data["annotations"] = kept
+    for annotation in data["annotations"]:
+        if not all(map(math.isfinite, annotation["bbox"])):
+            raise ScalingLabError(
+                f"annotation file {path}: annotation {annotation['id']} (image {annotation['image_id']}): bbox {annotation['bbox']} "
+                "has a coordinate that is not finite (NaN or infinite); fix it, or set task bad_data: skip to drop such boxes"
+            )
         annotation.setdefault("iscrowd", 0)  # COCOeval needs both; converted datasets often omit them
-        annotation.setdefault("area", max(bbox[2], 0) * max(bbox[3], 0))
+        annotation.setdefault("area", max(annotation["bbox"][2], 0) * max(annotation["bbox"][3], 0))
     return skipped
 
 
@@ -279,6 +291,15 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _outside_problem(file_name: str, images_dir: Path) -> str | None:
+    """Why a ``file_name`` is refused: it leaves the images folder (an absolute path, or ``..``
+    past the folder), so an annotation file could make a study read any file on the machine."""
+    joined = os.path.normpath(images_dir / file_name)
+    if os.path.isabs(file_name) or os.path.relpath(joined, os.path.normpath(images_dir)).split(os.sep)[0] == "..":
+        return f"leaves the images folder (resolved to {joined}); file_name must be a path inside it"
+    return None
+
+
 def _check_image_files(data: dict, images_dir: Path, annotation_file: Path, skip: bool, skipped: dict[str, int]) -> dict[str, int]:
     """Every listed image file checked from its header (``image_problem``): missing, not an
     image, a decompression bomb, truncated (PNG) or not the annotated size. An error naming the
@@ -286,7 +307,7 @@ def _check_image_files(data: dict, images_dir: Path, annotation_file: Path, skip
     bad = []
     for image in data["images"]:
         path = images_dir / image["file_name"]
-        problem = image_problem(path, (image["height"], image["width"]))
+        problem = _outside_problem(image["file_name"], images_dir) or image_problem(path, (image["height"], image["width"]))
         if problem:
             bad.append((image["id"], path, problem))
     if not bad:

@@ -60,7 +60,7 @@ def load_image_resized(
                 )
             new_height, new_width, scale = resized_size(height, width, resolution)
             image.draft("RGB", (new_width, new_height))  # JPEG: decode at a reduced size, much faster
-            image = image.convert("RGB")
+            image = to_rgb(image)
             if image.size != (new_width, new_height):
                 image = image.resize((new_width, new_height), Image.BILINEAR)
             return np.array(image), scale  # a writable copy, for torch.from_numpy
@@ -70,6 +70,31 @@ def load_image_resized(
         raise ScalingLabError(f"image file {path} {_bomb(error)}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ScalingLabError(f"image file {path} cannot be read as an image ({error})") from None
+
+
+# Pixel modes PIL converts to 8-bit RGB faithfully, and 16-bit grey, which ``to_rgb`` scales down.
+# 32-bit integer ("I") and float ("F") pixels have no known range, so they are refused.
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+CONVERTIBLE_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}) | SIXTEEN_BIT_MODES
+
+
+def mode_problem(mode: str) -> str | None:
+    """Why images of this PIL pixel mode cannot be trained on, or None."""
+    if mode in CONVERTIBLE_MODES:
+        return None
+    return (
+        f"has pixel mode {mode!r} (32-bit integer or float pixels, of no known range), which cannot be converted to 8-bit RGB "
+        "faithfully; convert it to 8- or 16-bit first"
+    )
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB with the image's range kept: 16-bit grey is scaled by 255/65535 (PIL's own
+    conversion clips it, so most of a 16-bit image would turn white)."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        pixels = np.asarray(image, dtype=np.uint16).astype(np.float32)
+        image = Image.fromarray(np.round(pixels * (255 / 65535)).astype(np.uint8), "L")
+    return image.convert("RGB")
 
 
 def _bomb(error: Exception | None = None, width: int = 0, height: int = 0) -> str:
@@ -105,6 +130,9 @@ def _file_problem(path: str, size: int, modified_ns: int, expected_size: tuple[i
                     return _bomb(width=width, height=height)
                 if expected_size is not None and (height, width) != tuple(expected_size):
                     return f"is {width}x{height} (width x height) on disk but the annotation says {expected_size[1]}x{expected_size[0]}"
+                problem = mode_problem(image.mode)
+                if problem:
+                    return problem
                 image.verify()
     except FileNotFoundError:
         return "does not exist"

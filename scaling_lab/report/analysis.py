@@ -163,7 +163,7 @@ def state_counts(run: Run) -> dict[str, int]:
 def best_trials(run: Run, count: int = 5) -> pd.DataFrame:
     """The complete trials with the highest main metric that recorded a training curve, with
     their configuration's ``summary``."""
-    if "curve" not in run.trials.columns:
+    if "curve" not in run.trials.columns or run.complete.empty:  # an empty mask would select columns, not rows
         return run.complete.iloc[0:0]
     with_curve = run.complete[run.complete["curve"].map(lambda text: bool(parse_curve(text)))]
     best = with_curve.sort_values(run.main_metric, ascending=False).head(count)

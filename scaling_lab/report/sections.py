@@ -69,6 +69,8 @@ def header(run: Run) -> str:
     parts = [f"<h1>{html.escape(run.name)}</h1>", paragraph(f"{len(run.trials)} trials recorded ({done})" + (f" of {planned} planned" if planned else "") + f"; main metric {run.main_metric}.")]
     if not run.finished:
         parts.append(paragraph("Partial results: the study was still running when this report was made.", "banner"))
+    if run.complete.empty and not run.trials.empty:
+        parts.append(paragraph("No trial is complete, so there is nothing to plot or compare: the trials and their reasons are listed under Trials.", "banner"))
     return "\n".join(parts)
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 import optuna
 import torch
 
-from scaling_lab.errors import ScalingLabError
+from scaling_lab.errors import ScalingLabError, no_space_left
 from scaling_lab.schema import MEASURED_COSTS, uncounted_text
 from scaling_lab.spec import Spec
 from scaling_lab.study import results
@@ -100,7 +100,7 @@ def torch_threads(count: float) -> Iterator[None]:
 
 @dataclass
 class Outcome:
-    state: str  # complete, pruned, failed or rejected
+    state: str  # complete, pruned, failed, rejected or interrupted (by the machine: no outcome, runs again)
     record: dict[str, Any]
     values: list[float] | None = None
 
@@ -167,6 +167,9 @@ class CandidateRunner:
         except optuna.TrialPruned:
             return finish("pruned", "stopped early by the pruner")
         except Exception as exc:  # noqa: BLE001 - any trial error (CUDA OOM, NaN loss) is recorded, the study goes on
+            fault = no_space_left(exc, self.checkpoint_dir(cid, seed).parent)
+            if fault is not None:  # the machine's fault, not the configuration's: the trial runs again
+                return finish("interrupted", str(fault))
             return finish("failed", f"{type(exc).__name__}: {exc}")
         record.update(metrics=dict(result.metrics), curve=list(result.curve), epochs_done=self.config.budget.epochs)
         outcome = finish("complete")

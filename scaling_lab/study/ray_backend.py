@@ -27,12 +27,12 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search import Searcher
 
-from scaling_lab.errors import ScalingLabError
+from scaling_lab.errors import MachineFault, ScalingLabError
 from scaling_lab.spec import spec_from_dict
 from scaling_lab.study.candidate import CandidateRunner, Outcome, cost_counts
 from scaling_lab.study.config import Group, StudyConfig
 from scaling_lab.study.ray_output import quiet_ray
-from scaling_lab.study.session import StudySession, check_rejections, tell_once
+from scaling_lab.study.session import StudySession, check_rejections, optuna_state, tell_once
 from scaling_lab.study.storage import Heartbeat
 
 MAX_TRIALS_PER_GPU = 8
@@ -69,18 +69,19 @@ class StudySearcher(Searcher):
         self.session, self.group, self.heartbeat = session, group, heartbeat
         self.trials: dict[str, Any] = {}
         self.awaiting_latency: list[tuple[Any, Outcome]] = []
+        self.interrupted: list[str] = []  # why trials stopped for the machine's fault: no new ones start
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its searcher with the experiment; the driver's session, heartbeat thread
         and open trials stay behind: the Optuna storage, not Tune's checkpoint, is what resumes."""
-        return {key: value for key, value in self.__dict__.items() if key not in ("session", "heartbeat", "trials", "awaiting_latency")}
+        return {key: value for key, value in self.__dict__.items() if key not in ("session", "heartbeat", "trials", "awaiting_latency", "interrupted")}
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as handle:
             pickle.dump(self.__getstate__(), handle)
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        started = self.session.next_trial(self.group)
+        started = None if self.interrupted else self.session.next_trial(self.group)
         if started is None:
             return Searcher.FINISHED
         trial, group, space, values, seed, cid = started
@@ -103,8 +104,11 @@ class StudySearcher(Searcher):
         if trial is None:
             return
         record = json.loads(result["record"]) if result and "record" in result else dict(trial.user_attrs.get("record") or {})
-        if error:
-            record.update(state="failed", error=f"the Ray trial failed {RAY_TRIAL_RETRIES + 1} times (worker died or raised); see its logs under {self.session.config.run_dir / 'ray'}")
+        if error:  # the trial function records its own errors: its worker died (killed, out of host memory)
+            record.update(
+                state="interrupted",
+                error=f"the Ray trial's worker died {RAY_TRIAL_RETRIES + 1} times; see its logs under {self.session.config.run_dir / 'ray'}",
+            )
         elif record.get("state", "running") == "running":
             record.update(state="pruned", error="stopped early by the scheduler")
         outcome = Outcome(record["state"], record)
@@ -125,8 +129,9 @@ class StudySearcher(Searcher):
     def finish(self, trial: Any, outcome: Outcome) -> None:
         if outcome.state == "complete":
             outcome = self.session.candidates.with_objectives(outcome)
-        state = {"complete": TrialState.COMPLETE, "failed": TrialState.FAIL}.get(outcome.state, TrialState.PRUNED)
-        tell_once(self.session, trial, outcome.record, outcome.values, state)
+        tell_once(self.session, trial, outcome.record, outcome.values, optuna_state(outcome.state))
+        if outcome.state == "interrupted":
+            self.interrupted.append(f"trial {trial.number}: {outcome.record['error']}")
         self.heartbeat.discard(trial._trial_id)
         self.session.refresh()
 
@@ -230,6 +235,8 @@ def _fit_group(session: StudySession, group: Group, heartbeat: Heartbeat, cluste
             searcher.abandon()
             raise KeyboardInterrupt
         searcher.time_latencies()
+        if searcher.interrupted:  # the machine's fault: stop here, the next run runs those trials again
+            raise MachineFault("; ".join(searcher.interrupted) + "; the next run runs them again")
         check_rejections(session, group)
         if session.finished_count() == before and not session.settled(group):
             session.wait(group)  # other workers' trials still run (or a dead worker's, until its heartbeat is stale)

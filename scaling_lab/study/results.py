@@ -33,9 +33,15 @@ def now_iso() -> str:
 
 
 def is_interrupted(trial: FrozenTrial) -> bool:
-    """A trial that stopped without an outcome (Ctrl-C, kill -9, a lost worker): it is run again
-    and left out of the table. Failed trials always carry a record saying so."""
+    """A trial that stopped without an outcome (Ctrl-C, kill -9, a lost worker, a full disk): it
+    is run again and left out of the table. Failed trials always carry a record saying so."""
     return trial.state == TrialState.FAIL and trial.user_attrs.get("record", {}).get("state") not in ("failed", "duplicate")
+
+
+def retried(trials: list[FrozenTrial]) -> set[int]:
+    """Numbers of failed trials that ``run --retry-failed`` enqueued again (their retries carry
+    ``retry_of``): the retry stands for the failed trial, which leaves the table."""
+    return {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
 
 
 def is_duplicate(trial: FrozenTrial) -> bool:
@@ -76,7 +82,8 @@ def trial_row(trial: FrozenTrial, task_kind: str) -> dict[str, Any] | None:
 
 
 def results_frame(trials: list[FrozenTrial], task_kind: str) -> pd.DataFrame:
-    return results_table([row for row in (trial_row(t, task_kind) for t in trials) if row is not None])
+    superseded = retried(trials)
+    return results_table([row for row in (trial_row(t, task_kind) for t in trials if t.number not in superseded) if row is not None])
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -10,7 +10,9 @@ itself is missing or unreadable, the command stops with an error naming it and t
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +27,13 @@ from scaling_lab.files import atomic_write, atomic_write_text, read_parquet
 from scaling_lab.schema import TRIAL_STATES
 from scaling_lab.study import results
 from scaling_lab.study.config import DIRECTIONS, load_study, run_dir_for
+from scaling_lab.study.storage import masked
 from scaling_lab.trial import TASK_KINDS
 
 STUDY_JSON, PARQUET, CSV = "study.json", "results.parquet", "results.csv"
 DERIVED = (STUDY_JSON, PARQUET, CSV)
 SQLITE_HEADER = b"SQLite format 3\x00"
+OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
 
 
 # --- validation -----------------------------------------------------------------------------
@@ -82,6 +86,8 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 def file_problem(path: Path) -> str | None:
     """Why the derived file ``path`` (which exists) cannot be trusted, or None."""
+    if path.is_dir():
+        return "a folder, not a file"
     try:
         if path.name == STUDY_JSON:
             return study_info_problem(parse_json(path.read_bytes(), str(path)))
@@ -121,8 +127,49 @@ def find_database(run_dir: Path, storage_url: str | None = None) -> Database:
             recorded = None
         storage_url = recorded if isinstance(recorded, str) else None
     if storage_url and not storage_url.startswith(("sqlite:", "journal:")):
-        return Database(storage_url, f"the study database {storage_url}", None)
+        return Database(storage_url, f"the study database {masked(storage_url)}", None)
     return Database(f"sqlite:///{run_dir / 'study.db'}", str(run_dir / "study.db"), run_dir / "study.db")
+
+
+def database_problem(path: Path) -> str | None:
+    """What makes a run folder's own ``study.db`` unusable, said as the end of "the study
+    database ...", or None when it is an Optuna database (or absent: a new study). Read only:
+    a 0-byte file or another application's database is refused, not adopted by Optuna."""
+    if not path.exists():
+        return None
+    if path.is_dir():
+        return "is a folder, not a database file"
+    if path.stat().st_size == 0:
+        return "is empty (0 bytes)"
+    with open(path, "rb") as handle:
+        if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+            return "is damaged (not an SQLite database)"
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            check = connection.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc):  # a run is writing it (status and report may read a running study)
+            return None
+        return f"is damaged ({exc})"
+    except sqlite3.DatabaseError as exc:
+        return f"is damaged ({exc})"
+    if check != "ok":
+        return f"is damaged (SQLite's check: {check})"
+    if not OPTUNA_TABLES <= tables:
+        return f"is another application's SQLite database (tables {', '.join(sorted(tables)) or 'none'}), not an Optuna study"
+    return None
+
+
+def check_database(database: Database) -> None:
+    """Refuse a run folder's own database file that is unusable (``database_problem``), before
+    anything reads or writes it; a shared database is the server's business."""
+    problem = database_problem(database.path) if database.path is not None and database.url.startswith("sqlite:") else None
+    if problem:
+        raise ScalingLabError(
+            f"{database.name}: the study database {problem}. Nothing was read or written: restore the database, or "
+            "move the run folder away (or give another --run-dir) to start the study afresh"
+        )
 
 
 def _open_storage(database: Database) -> optuna.storages.BaseStorage:
@@ -132,10 +179,7 @@ def _open_storage(database: Database) -> optuna.storages.BaseStorage:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         return JournalStorage(JournalFileBackend(str(database.path)))
-    if database.path is not None:
-        with open(database.path, "rb") as handle:
-            if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
-                raise ScalingLabError(f"{database.name}: the study database is damaged (not an SQLite database)")
+    check_database(database)
     return optuna.storages.RDBStorage(database.url, skip_table_creation=True)
 
 
@@ -166,7 +210,7 @@ def load_stored_study(database: Database, name: str | None = None) -> optuna.Stu
 
 def damaged_files(run_dir: Path) -> dict[str, str]:
     """Derived files of ``run_dir`` that exist but cannot be trusted: name -> why."""
-    found = {name: file_problem(run_dir / name) for name in DERIVED if (run_dir / name).is_file()}
+    found = {name: file_problem(run_dir / name) for name in DERIVED if (run_dir / name).exists()}
     return {name: problem for name, problem in found.items() if problem}
 
 
@@ -195,8 +239,9 @@ def check_run_folder(run_dir: Path, storage_url: str | None = None, rebuild: boo
     raised before anything is moved.
     """
     err = err if err is not None else sys.stderr
-    damaged = damaged_files(run_dir)
     database = find_database(run_dir, storage_url)
+    check_database(database)
+    damaged = damaged_files(run_dir)
     local = database.path is not None and database.present
     missing = [name for name in DERIVED if not (run_dir / name).exists()] if local and rebuild else []
     if not damaged and not missing:
@@ -246,6 +291,8 @@ def check_before_resume(run_dir: Path, storage_is_local: bool, storage_url: str)
     rewrites them from the database); results without their local database are refused, since
     the run would start a new study over them."""
     database = find_database(run_dir, storage_url)
+    if storage_is_local:
+        check_database(database)
     has_results = any((run_dir / name).exists() for name in DERIVED)
     if storage_is_local and has_results and not database.present:
         raise ScalingLabError(

@@ -22,14 +22,15 @@ import pandas as pd
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from scaling_lab.errors import ScalingLabError
+from scaling_lab.errors import MachineFault, ScalingLabError
 from scaling_lab.files import read_parquet
+from scaling_lab.study.candidate import Outcome
 from scaling_lab.study.config import Group, StudyConfig
-from scaling_lab.study.session import StudySession, check_rejections, tell_once
+from scaling_lab.study.session import StudySession, check_rejections, optuna_state, tell_once
 from scaling_lab.study.storage import Heartbeat
 from scaling_lab.trial import TrialFunction, trial_function_problems
 
-def _run_one(session: StudySession, trial: optuna.Trial, space: Any, values: dict[str, Any], seed: int, cid: str) -> None:
+def _run_one(session: StudySession, trial: optuna.Trial, space: Any, values: dict[str, Any], seed: int, cid: str) -> Outcome:
     """Train one trial here, with heartbeats, and tell the study its outcome."""
     pruning = session.config.early_stopping.type != "none"
     metric = session.config.objectives[0].metric
@@ -45,12 +46,12 @@ def _run_one(session: StudySession, trial: optuna.Trial, space: Any, values: dic
     try:
         with Heartbeat(session.storage, [trial._trial_id]):
             outcome = session.candidates.run(space, values, seed, cid, on_epoch, time_latency=True)
-        state = {"complete": TrialState.COMPLETE, "failed": TrialState.FAIL}.get(outcome.state, TrialState.PRUNED)
-        told = tell_once(session, trial, outcome.record, outcome.values, state)
+        told = tell_once(session, trial, outcome.record, outcome.values, optuna_state(outcome.state))
     finally:
         if not told:  # interrupted (Ctrl-C): no record state, so the next plan enqueues it again
             with contextlib.suppress(UpdateFinishedTrialError, ValueError):
                 session.study.tell(trial, state=TrialState.FAIL)
+    return outcome
 
 
 def work_through(session: StudySession, group: Group) -> None:
@@ -66,8 +67,10 @@ def work_through(session: StudySession, group: Group) -> None:
             session.wait(group)
             continue
         trial, trial_group, space, values, seed, cid = started
-        _run_one(session, trial, space, values, seed, cid)
+        outcome = _run_one(session, trial, space, values, seed, cid)
         session.refresh()
+        if outcome.state == "interrupted":  # the machine's fault: stop here, the next run runs it again
+            raise MachineFault(f"{outcome.record['error']} (trial {trial.number})")
         check_rejections(session, trial_group)
 
 
@@ -98,11 +101,13 @@ def run_study(
     address: str | None = None,
     trial_function: TrialFunction | None = None,
     out: TextIO | None = sys.stdout,
+    retry_failed: bool = False,
 ) -> pd.DataFrame:
     """Run (or resume) a study to its planned end and return its results table.
 
     ``trial_function`` defaults to ``scaling_lab.train.trainer.run_trial``; ``backend`` and
-    ``address`` override the study file's backend and attach Ray to a running cluster.
+    ``address`` override the study file's backend and attach Ray to a running cluster;
+    ``retry_failed`` runs the failed trials again (``StudySession.retry_failed``).
     """
     backend = backend or config.backend
     if address and backend != "ray":
@@ -121,7 +126,7 @@ def run_study(
     config = with_data_classes(config)
     previous_verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # progress lines say what happened to each trial
-    session = StudySession(config, trial_function, out)
+    session = StudySession(config, trial_function, out, retry_failed)
     try:
         session.refresh()
         if backend == "ray":

@@ -36,12 +36,15 @@ from scaling_lab.study import adaptive, results, storage
 from scaling_lab.study.candidate import CandidateRunner, cost_counts, default_trial_function
 from scaling_lab.study.config import Group, StudyConfig
 from scaling_lab.study.fingerprint import check_same_definition, definition, definition_hash
+from scaling_lab.study.run_folder import check_database, find_database
 from scaling_lab.study.search_space import InfeasibleCandidate, SearchSpace, config_id
 from scaling_lab.study.winner import WinnerRule, decide_winner, plain
 from scaling_lab.trial import TrialFunction
 
 LIVE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
 POLL_S = 2.0  # how often a worker waiting for others' trials looks again
+TAGS = ("group", "seed", "config_id", "retry_of")  # a trial's place in the plan, kept when it is enqueued again
+PLANNING_PROGRESS_EVERY = 1000  # enqueued trials between progress lines of a long plan
 MAX_CONSECUTIVE_REJECTIONS = 100
 MAX_DUPLICATE_SAMPLES = 100  # fresh samples in a row of configurations the group already has
 ADAPTIVE_ATTR = "adaptive_repeats"  # the last look of adaptive repeats: stop reason, open comparisons, rounds
@@ -73,6 +76,12 @@ def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+def optuna_state(outcome_state: str) -> TrialState:
+    """How Optuna records an outcome: a rejected or pruned trial as pruned, an interrupted one
+    (the machine's fault) as failed without a ``failed`` record, so that it runs again."""
+    return {"complete": TrialState.COMPLETE, "failed": TrialState.FAIL, "interrupted": TrialState.FAIL}.get(outcome_state, TrialState.PRUNED)
+
+
 def store_record(trial: optuna.Trial, record: dict[str, Any]) -> None:
     """The trial's full record, and its reason short enough for optuna-dashboard to show."""
     trial.set_user_attr("record", record)
@@ -99,13 +108,15 @@ def tell_once(session: "StudySession", trial: optuna.Trial, record: dict[str, An
 class StudySession:
     """An opened study: storage, lock, plan and results refresh, shared by both backends."""
 
-    def __init__(self, config: StudyConfig, trial_function: TrialFunction | None = None, out: TextIO | None = None):
+    def __init__(self, config: StudyConfig, trial_function: TrialFunction | None = None, out: TextIO | None = None, retry_failed: bool = False):
         self.config = config
         self.out = out
         config.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock = self._acquire_folder_lock() if storage.is_local(config.storage_url) else None
         try:
             self._open(trial_function)
+            if retry_failed:
+                self.retry_failed()
         except BaseException:
             self.close()  # a study that fails to open leaves its run folder unlocked
             raise
@@ -144,10 +155,13 @@ class StudySession:
             self._fail_running_trials()
 
     def _where(self) -> str:
-        return str(self.config.run_dir) if storage.is_local(self.config.storage_url) else f"the study {self.config.name!r} of {self.config.storage_url}"
+        return str(self.config.run_dir) if storage.is_local(self.config.storage_url) else f"the study {self.config.name!r} of {storage.masked(self.config.storage_url)}"
 
     def _check_run_folder(self) -> None:
-        """A run folder holds one study: its study.json must name this one."""
+        """A run folder holds one study: its study.json must name this one; its own database
+        file must be an Optuna study (or absent)."""
+        if storage.is_local(self.config.storage_url):
+            check_database(find_database(self.config.run_dir, self.config.storage_url))
         info_path = self.config.run_dir / "study.json"
         try:
             info = json.loads(info_path.read_text())
@@ -178,6 +192,20 @@ class StudySession:
         """With the run folder locked, any running trial was left by a run that died."""
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             self.study.tell(trial.number, state=TrialState.FAIL)
+
+    def retry_failed(self) -> None:
+        """Enqueue every failed trial again (``run --retry-failed``), with its parameters, seed
+        and checkpoint folder; its retry stands for it in the results (``results.retried``).
+        A later group's best values, once decided, stay as they were decided."""
+        with storage.planning_lock(self.storage, self.config.name):
+            trials = self.study.get_trials(deepcopy=False)
+            superseded = results.retried(trials)
+            failed = [t for t in trials if results.trial_state(t) == "failed" and t.number not in superseded and "config_id" in t.user_attrs]
+            for trial in failed:
+                tags = {k: trial.user_attrs[k] for k in ("group", "seed", "config_id")}
+                self.study.enqueue_trial(dict(trial.params), user_attrs={**tags, "retry_of": trial.number})
+        if self.out is not None:
+            print(f"[{self.config.name}] --retry-failed: {len(failed)} failed trial(s) enqueued again", file=self.out, flush=True)
 
     def close(self) -> None:
         if self._lock is not None:
@@ -248,10 +276,21 @@ class StudySession:
         return trial.user_attrs.get("config_id"), trial.user_attrs.get("seed", 0)
 
     def _live_keys(self, trials: list[FrozenTrial]) -> set[tuple[str, int]]:
-        return {self._key(t) for t in trials if t.state in LIVE_STATES and "config_id" in t.user_attrs and not results.is_interrupted(t)}
+        superseded = results.retried(trials)  # a retry has its failed trial's group
+        return {
+            self._key(t) for t in trials
+            if t.state in LIVE_STATES and "config_id" in t.user_attrs and not results.is_interrupted(t) and t.number not in superseded
+        }
 
-    def _enqueue(self, group: Group, params: dict[str, Any], cid: str, seed: int) -> None:
-        self.study.enqueue_trial(params, user_attrs={"group": group.name, "seed": seed, "config_id": cid})
+    def _enqueue(self, group: Group, planned: list[tuple[dict[str, Any], str, int]]) -> None:
+        """Enqueue (parameters, configuration id, seed) trials of a group; a long plan (``repeats:
+        10000``) prints its progress every ``PLANNING_PROGRESS_EVERY`` trials, since each takes a
+        database transaction."""
+        loud = self.out is not None and len(planned) >= PLANNING_PROGRESS_EVERY
+        for done, (params, cid, seed) in enumerate(planned, start=1):
+            self.study.enqueue_trial(params, user_attrs={"group": group.name, "seed": seed, "config_id": cid})
+            if loud and (done % PLANNING_PROGRESS_EVERY == 0 or done == len(planned)):
+                print(f"[{self.config.name}] planning group {group.name or 'main'}: {done}/{len(planned)} trials enqueued", file=self.out, flush=True)
 
     def reconcile(self, group: Group) -> None:
         """Make the stored plan of this group whole (see the module docstring)."""
@@ -262,20 +301,18 @@ class StudySession:
             for trial in trials:
                 key = self._key(trial)
                 if results.is_interrupted(trial) and key[0] is not None and key not in live:
-                    self.study.enqueue_trial(dict(trial.params), user_attrs={k: trial.user_attrs[k] for k in ("group", "seed", "config_id")})
+                    self.study.enqueue_trial(dict(trial.params), user_attrs={k: trial.user_attrs[k] for k in TAGS if k in trial.user_attrs})
                     live.add(key)
             if group.trials is not None:  # a sampled group: each started configuration gets all its seeds
                 params = {self._key(t)[0]: dict(t.params) for t in trials if self._key(t) in live}
-                for cid, seed in [(cid, seed) for cid in params for seed in self.config.seeds if (cid, seed) not in live]:
-                    self._enqueue(group, params[cid], cid, seed)
+                self._enqueue(group, [(params[cid], cid, seed) for cid in params for seed in self.config.seeds if (cid, seed) not in live])
                 return
             space = self.space(group)
             points = space.grid()
             missing = [(values, seed) for values in points for seed in self.config.seeds if (config_id(group.name, values), seed) not in live]
             if missing and not trials:
                 self._check_feasible(space, group, points)
-            for values, seed in missing:
-                self._enqueue(group, space.optuna_params(values, self.prefix(group)), config_id(group.name, values), seed)
+            self._enqueue(group, [(space.optuna_params(values, self.prefix(group)), config_id(group.name, values), seed) for values, seed in missing])
 
     def _check_feasible(self, space: SearchSpace, group: Group, points: list[dict[str, Any]]) -> None:
         """Every grid point must make a valid spec (a bad value is an error before anything
@@ -351,8 +388,7 @@ class StudySession:
         for key, value in (("group", group.name), ("seed", seed), ("config_id", cid)):
             trial.set_user_attr(key, value)
         if fresh:
-            for other in self.config.seeds[1:]:
-                self._enqueue(group, dict(trial.params), cid, other)
+            self._enqueue(group, [(dict(trial.params), cid, other) for other in self.config.seeds[1:]])
         return group, space, values, seed, cid
 
     def settled(self, group: Group) -> bool:

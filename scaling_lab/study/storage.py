@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import os
 import random
+import re
 import threading
 import time
 import warnings
@@ -61,6 +62,15 @@ def heartbeat_grace() -> int:
     return grace
 
 
+_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
+
+
+def masked(text: str) -> str:
+    """``text`` with the password of every URL in it (``postgresql://user:secret@host``) shown
+    as ``***``, for messages: a database URL is often pasted into issues and logs."""
+    return _PASSWORD.sub(r"\1***@", text)
+
+
 def is_local(url: str) -> bool:
     """A file in the run folder (SQLite or journal): one writer at a time."""
     return url.startswith(("sqlite:", "journal:"))
@@ -77,9 +87,10 @@ def open_storage(url: str, where: str) -> BaseStorage:
             return RDBStorage(url)
         return _shared_storage(url)
     except ModuleNotFoundError as exc:
-        raise ScalingLabError(f"{where}: storage {url!r} needs the database driver {exc.name!r}; install it (pip install 'scaling-lab[postgres]')") from None
+        raise ScalingLabError(f"{where}: storage {masked(url)!r} needs the database driver {exc.name!r}; install it (pip install 'scaling-lab[postgres]')") from None
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds for a bad URL or an unreachable server
-        raise ScalingLabError(f"{where}: storage {url!r} cannot be opened ({type(exc).__name__}: {exc}); give sqlite, journal or a reachable SQLAlchemy URL") from None
+        detail = masked(str(exc).splitlines()[0] if str(exc) else "")
+        raise ScalingLabError(f"{where}: storage {masked(url)!r} cannot be opened ({type(exc).__name__}: {detail}); give sqlite, journal or a reachable SQLAlchemy URL") from None
 
 
 def _shared_storage(url: str, attempts: int = 3) -> RDBStorage:

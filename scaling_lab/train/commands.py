@@ -11,10 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from pathlib import Path
 from typing import Any
 
-from scaling_lab.files import check_output_folder
+from scaling_lab.files import check_output_folder, folder_argument
 from scaling_lab.ranges import BUDGET_RANGES, SEED_RANGE, TASK_RANGES, flag
 from scaling_lab.spec_files import load_spec
 from scaling_lab.trial import BAD_DATA, Budget, Task
@@ -51,7 +50,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-val-images", type=flag(BUDGET_RANGES["max_val_images"]), default=None, help="validate on at most this many images")
     parser.add_argument("--seed", type=flag(SEED_RANGE), default=0, help="random seed (default: 0)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
-    parser.add_argument("--checkpoint-dir", type=Path, default=None, help="save a checkpoint every epoch here and resume from it")
+    parser.add_argument("--checkpoint-dir", type=folder_argument, default=None, help="save a checkpoint every epoch here and resume from it")
     parser.add_argument(
         "--bad-data", choices=BAD_DATA, default=Task.bad_data,
         help="unusable images and annotations: an error naming them (default), or skip them and count them in the notes",

@@ -158,7 +158,13 @@ def load_split(task: Task, split: str):
     images = getattr(task, f"{split}_images") or root / split / "images"
     annotations = getattr(task, f"{split}_annotations") or root / split / "annotations.json"
     hint = f"set task {split}_images/{split}_annotations or use the layout <data>/{split}/images + <data>/{split}/annotations.json"
-    return CocoDetection(_check_path(Path(images), "images folder", hint), _check_path(Path(annotations), "annotation file", hint), labels=task.labels, bad_data=task.bad_data)
+    dataset = CocoDetection(_check_path(Path(images), "images folder", hint), _check_path(Path(annotations), "annotation file", hint), labels=task.labels, bad_data=task.bad_data)
+    if split == "val" and dataset.stats.boxes == 0:
+        raise ScalingLabError(
+            f"validation annotation file {annotations} holds no boxes to score against ({dataset.stats.images} images, "
+            f"{dataset.stats.annotations} annotations, none a usable box), so every AP would be NaN; give a validation split with annotations"
+        )
+    return dataset
 
 
 def load_datasets(task: Task) -> tuple[Any, Any]:
@@ -336,18 +342,34 @@ def _fingerprint(spec: Spec, task: Task, budget: Budget, seed: int) -> str:
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact. Written through
+    a Python file, so that a full disk is an ``OSError`` (torch's own file writer reports it as
+    "unexpected pos") and ``atomic_write`` says so."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda temporary: torch.save(state, temporary))
+
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as handle:
+            torch.save(state, handle)
+
+    atomic_write(path, write)
 
 
-def _load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
+def _load_checkpoint(path: Path, fingerprint: str, notes: list[str]) -> dict[str, Any] | None:
+    """The trial's own checkpoint, or None to start afresh. Checkpoints are written atomically,
+    so one that cannot be read was damaged by the machine (a disk error, a copy cut short): it
+    is moved aside as ``checkpoint.pt.damaged`` and the trial starts afresh, with a note."""
     if not path.exists():
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated or foreign file: say which one
-        raise ScalingLabError(f"checkpoint {path} cannot be read ({error}); delete it to start the trial afresh") from None
+    except Exception as error:  # noqa: BLE001 - torch and pickle raise many kinds for a damaged file
+        aside = path.with_name(f"{path.name}.damaged")
+        path.replace(aside)
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        note = f"checkpoint {path} could not be read ({detail}); moved aside as {aside.name}, the trial started afresh"
+        log.warning(note)
+        notes.append(note)
+        return None
     if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != fingerprint:
         raise ScalingLabError(
             f"checkpoint {path} belongs to another trial (spec, task, budget or seed differ); "
@@ -424,7 +446,7 @@ def run_trial(
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     fingerprint = _fingerprint(spec, task, budget, seed)
     state = _Progress()
-    saved = _load_checkpoint(checkpoint, fingerprint) if checkpoint is not None else None
+    saved = _load_checkpoint(checkpoint, fingerprint, notes) if checkpoint is not None else None
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
