@@ -419,7 +419,7 @@ class StudySession:
             params = {t.user_attrs["config_id"]: (dict(t.params), t.user_attrs["group"]) for t in trials if "config_id" in t.user_attrs and "group" in t.user_attrs}
             for cid, seed in found.seeds.items():
                 values, group = params[cid]
-                self._enqueue(self.group(group), values, cid, seed)
+                self._enqueue(self.group(group), [(values, cid, seed)])
             rounds = int((self.study.user_attrs.get(ADAPTIVE_ATTR) or {}).get("rounds", 0)) + (found.stop is None)
             self.study.set_user_attr(ADAPTIVE_ATTR, {"stop": found.stop, "reason": adaptive.STOP_REASONS.get(found.stop), "open": found.open, "comparisons": found.comparisons, "rounds": rounds})
         if self.out is not None:
