@@ -209,7 +209,7 @@ def test_a_long_plan_prints_its_progress(tmp_path, monkeypatch):
     took minutes without a line; now every ``PLANNING_PROGRESS_EVERY`` trials say so."""
     import io
 
-    monkeypatch.setattr("scaling_lab.study.session.PLANNING_PROGRESS_EVERY", 5)
+    monkeypatch.setattr("scaling_lab.study.planning.PLANNING_PROGRESS_EVERY", 5)
     out = io.StringIO()
     run_study(load_study(write_study(tmp_path)), trial_function=fake_trial, out=out)
     lines = [line for line in out.getvalue().splitlines() if "planning" in line]
