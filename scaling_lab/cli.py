@@ -14,7 +14,9 @@ import sys
 
 from scaling_lab.errors import ScalingLabError
 
-COMMAND_MODULES = ("scaling_lab.commands", "scaling_lab.train.commands", "scaling_lab.study.commands", "scaling_lab.report.commands")
+COMMAND_MODULES = (
+    "scaling_lab.commands", "scaling_lab.train.commands", "scaling_lab.study.commands", "scaling_lab.report.commands", "scaling_lab.laws.commands",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

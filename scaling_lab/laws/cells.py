@@ -7,6 +7,12 @@ seeds), so a resampled mean is moved away from the observed one by sqrt(n / (n -
 replicates then have the unbiased variance s²/n. A configuration with one seed has no seed
 spread: its trial's bootstrap interval over validation images gives a normal draw instead
 (main metric only), and without that it stays fixed.
+
+Intervals are expanded percentiles (Hesterberg 2015): with few seeds the spread itself is
+uncertain, so the tails are taken where a normal reaches Student's t quantile for the pooled seed
+degrees of freedom (2.5 % each side becomes 1.5 % with 12 degrees of freedom). Simulated power-law
+studies with 3 seeds at 6 sizes cover the true exponent in about 95 % of cases this way, against
+about 91 % with plain percentiles (``tests/test_laws_curves.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats as distributions
 
 from scaling_lab.errors import ScalingLabError
 
@@ -152,3 +159,17 @@ def trial_noise_sd(cells: Sequence[Cell]) -> float:
     per_trial = variances * np.array([cell.n_seeds for cell in cells])
     finite = per_trial[np.isfinite(per_trial)]
     return float(np.sqrt(finite.mean())) if finite.size else math.nan
+
+
+def seed_df(cells: Sequence[Cell]) -> float:
+    """Degrees of freedom of the pooled seed variance (inf when only image bootstraps give noise)."""
+    df = sum(cell.n_seeds - 1 for cell in cells)
+    return float(df) if df > 0 else math.inf
+
+
+def interval(values: np.ndarray, df: float, level: float = 0.95, axis: int | None = None) -> tuple[Any, Any]:
+    """The expanded percentile interval of bootstrap ``values`` (NaNs ignored)."""
+    quantile = distributions.t.ppf(0.5 + level / 2, df) if math.isfinite(df) else distributions.norm.ppf(0.5 + level / 2)
+    tail = 100 * float(distributions.norm.sf(quantile))
+    low, high = np.nanpercentile(values, [tail, 100 - tail], axis=axis)
+    return (float(low), float(high)) if axis is None else (low, high)

@@ -23,7 +23,7 @@ from scipy import optimize, spatial
 from scipy import stats as distributions
 
 from scaling_lab.errors import ScalingLabError
-from scaling_lab.laws.cells import REPLICATES, Cell, main_metric, mean_variances, resampled_means, table_cells
+from scaling_lab.laws.cells import REPLICATES, Cell, interval, main_metric, mean_variances, resampled_means, seed_df, table_cells
 from scaling_lab.study.winner import derive_group
 
 TERMS = 6  # 1, x, y, x², xy, y² with x = ln alpha, y = ln beta
@@ -62,11 +62,26 @@ class SurfaceFit:
     coefficients: np.ndarray
     optimum: dict[str, float]  # alpha, beta, gamma
     predicted: float  # the fitted metric at the optimum
-    intervals: dict[str, tuple[float, float]]  # 95 % over seed-resampled refits (alpha, beta, gamma, predicted)
+    intervals: dict[str, tuple[float, float]]  # 95 % over seed-resampled refits (expanded percentiles) (alpha, beta, gamma, predicted)
     replicates: np.ndarray  # (replicates, 2): each refit's alpha, beta
     region: np.ndarray  # polygon in (alpha, beta) holding 95 % of the refits' optima
     on_edge: bool
     quality: FitQuality
+
+    def beside(self, winner: Mapping[str, float], score: float) -> str:
+        """The grid winner and the fitted optimum side by side; a poor fit reports no optimum."""
+        lines = [f"response surface of group {self.group!r} ({len(self.cells)} configurations, quadratic in log alpha and log beta, alpha·beta²·gamma² = {self.target:g}):", f"  {self.quality.text()}"]
+        if self.quality.poor:
+            return "\n".join([*lines, "  fitted optimum not reported: the quadratic does not describe this grid; the grid winner stands alone"])
+        lines.append(f"  {'':<18}{'grid winner':>12}   fitted optimum [95 % seed-bootstrap interval]")
+        for name, dimension in (("alpha", "depth"), ("beta", "width"), ("gamma", "resolution")):
+            low, high = self.intervals[name]
+            lines.append(f"  {name + ' (' + dimension + ')':<18}{winner.get(name, math.nan):>12.4f}   {self.optimum[name]:.4f} [{low:.4f}, {high:.4f}]")
+        low, high = self.intervals["predicted"]
+        lines.append(f"  {self.metric + ' (mean)':<18}{score:>12.4g}   {self.predicted:.4g} predicted [{low:.4g}, {high:.4g}]")
+        if self.on_edge:
+            lines.append("  the fitted optimum lies on the edge of the grid (its alpha/beta range or gamma = 1): the best may lie outside; extend the grid there")
+        return "\n".join(lines)
 
     def predict(self, alpha: np.ndarray | float, beta: np.ndarray | float) -> np.ndarray:
         return design(np.column_stack([np.log(np.ravel(alpha)), np.log(np.ravel(beta))])) @ self.coefficients
@@ -125,7 +140,7 @@ def fit_surface(info: Mapping[str, Any], frame: pd.DataFrame, where: str, replic
     predicted = np.einsum("ij,ij->i", design(optima), refits)
     coefficient_values = {"alpha": np.exp(optima[:, 0]), "beta": np.exp(optima[:, 1])}
     coefficient_values["gamma"] = np.sqrt(target / (coefficient_values["alpha"] * coefficient_values["beta"] ** 2))
-    intervals = {name: _percentiles(values) for name, values in {**coefficient_values, "predicted": predicted}.items()}
+    intervals = {name: interval(values, seed_df(cells)) for name, values in {**coefficient_values, "predicted": predicted}.items()}
     alpha, beta = math.exp(optimum[0]), math.exp(optimum[1])
     return SurfaceFit(
         group=group,
@@ -173,11 +188,6 @@ def constrained_optimum(coefficients: np.ndarray, bounds: tuple[np.ndarray, np.n
 def _on_edge(point: np.ndarray, bounds: tuple[np.ndarray, np.ndarray], log_target: float, tolerance: float = 1e-3) -> bool:
     at_box = np.any(np.abs(point - bounds[0]) < tolerance) or np.any(np.abs(point - bounds[1]) < tolerance)
     return bool(at_box or log_target - point[0] - 2 * point[1] < tolerance)
-
-
-def _percentiles(values: np.ndarray) -> tuple[float, float]:
-    low, high = np.percentile(values, [2.5, 97.5])
-    return float(low), float(high)
 
 
 def confidence_region(optima: np.ndarray, level: float = REGION_LEVEL) -> np.ndarray:
