@@ -11,8 +11,8 @@ spread: its trial's bootstrap interval over validation images gives a normal dra
 Intervals are expanded percentiles (Hesterberg 2015): with few seeds the spread itself is
 uncertain, so the tails are taken where a normal reaches Student's t quantile for the pooled seed
 degrees of freedom (2.5 % each side becomes 1.5 % with 12 degrees of freedom). Simulated power-law
-studies with 3 seeds at 6 sizes cover the true exponent in about 95 % of cases this way, against
-about 91 % with plain percentiles (``tests/test_laws_curves.py``).
+studies with 3 seeds at 6 sizes cover the true exponent in 93 % of 2,000 cases this way, against
+91 % with plain percentiles (``tests/test_laws_curves.py``).
 """
 
 from __future__ import annotations
