@@ -71,16 +71,23 @@ def grid_rows(rng: np.random.Generator, optimum=(1.25, 1.08), seeds=3, noise=0.0
     return out
 
 
-def rule_rows(rng: np.random.Generator, group: str, params: dict, phis, seeds=3, noise=0.005, law=lambda flops: 1 - 0.7 * flops**-0.15, base_flops=1e8, curve_epochs=0) -> list[dict]:
-    """A scaling rule's phi sweep: FLOPs double per phi, the mean AP follows ``law(FLOPs / base)``;
-    specs are built from the tiny base so the phi = 0 start can be found by spec."""
+def rule_rows(rng: np.random.Generator, group: str, params: dict, phis, seeds=3, noise=0.005, law=lambda flops: 1 - 0.7 * flops**-0.15, measured=False) -> list[dict]:
+    """A scaling rule's phi sweep from the tiny base (so the phi = 0 start is found by spec):
+    FLOPs double per phi (or, ``measured``, are fvcore's counts of the built specs) and the mean
+    AP follows ``law(FLOPs / 1e8)``."""
+    from scaling_lab.study.candidate import cost_counts
+
     out = []
     for phi in phis:
-        spec = SearchSpace(parameters=()).build_spec(TINY_BASE, {**params, "phi": phi}).to_dict()
-        ratio = 2.0**phi
-        mean = law(ratio)
-        costs = {"flops": base_flops * ratio, "params": 1e6 * ratio**0.8, "activations": 1e6 * ratio**0.9, "latency_ms": 5 * ratio**0.7}
-        out += rows(group, {**params, "phi": phi}, seeds, lambda s, m=mean: m + rng.normal(0, noise), costs, spec=spec)
+        spec = SearchSpace(parameters=()).build_spec(TINY_BASE, {**params, "phi": phi})
+        if measured:
+            costs = cost_counts(spec)
+        else:
+            ratio = 2.0**phi
+            costs = {"flops": 1e8 * ratio, "params": 1e6 * ratio**0.8, "activations": 1e6 * ratio**0.9}
+        costs["latency_ms"] = 5 * (costs["flops"] / 1e8) ** 0.7
+        mean = law(costs["flops"] / 1e8)
+        out += rows(group, {**params, "phi": phi}, seeds, lambda s, m=mean: m + rng.normal(0, noise), costs, spec=spec.to_dict())
     return out
 
 

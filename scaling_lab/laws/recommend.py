@@ -33,7 +33,7 @@ BUDGET_COSTS = {"flops": "flops", "params": "params", "latency": "latency_ms"}
 SI = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9, "t": 1e12}
 LATENCY_UNITS = {"": 1.0, "ms": 1.0, "s": 1000.0, "us": 1e-3}
 PHI_RANGE = (-2.0, 12.0)
-BISECTIONS = 12
+BISECTIONS = 5  # phi to within 1/32 of a step (rounding makes finer steps mostly the same spec)
 
 
 def parse_budget(kind: str, text: str) -> float:
