@@ -81,18 +81,21 @@ def rank_agreement(
 
 
 def curve_columns(frame: pd.DataFrame, metric: str, where: str) -> tuple[pd.DataFrame, list[str]]:
-    """The table with one column ``epoch <n>`` per validation epoch (from each trial's curve) and
-    the epochs every complete trial recorded before its last."""
+    """The complete trials with one column ``epoch <n>`` per validation epoch any of them
+    recorded before its last (from each trial's curve; NaN where a trial has none)."""
     require_columns(frame, [metric, "curve"], where, "per-epoch rankings (each trial's validation curve)")
     done = frame[frame["state"] == "complete"].copy()
     per_trial = [_curve(text, metric) for text in done["curve"]]
-    common = set.intersection(*(set(points) for points in per_trial)) if per_trial else set()
-    last = min((max(points) for points in per_trial if points), default=0)
-    epochs = sorted(e for e in common if e < last)
+    epochs = sorted({e for points in per_trial for e in points if e < max(points)})
     columns = [f"epoch {e:g}" for e in epochs]
     for epoch, column in zip(epochs, columns):
-        done[column] = [points[epoch] for points in per_trial]
+        done[column] = [points.get(epoch, math.nan) if epoch < max(points, default=0) else math.nan for points in per_trial]
     return done, columns
+
+
+def shared_columns(trials: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+    """The epoch columns every one of ``trials`` recorded."""
+    return [c for c in columns if trials[c].notna().all()] if len(trials) else []
 
 
 def _curve(text: Any, metric: str) -> dict[float, float]:
@@ -108,17 +111,20 @@ def within_study(info: Mapping[str, Any], frame: pd.DataFrame, where: str, repli
     """Per group with at least three configurations: each validation epoch's ranking against the
     final one (the last row compares the end with itself only when no epoch was recorded)."""
     metric, maximize = main_metric(info, frame, where)
-    table, columns = curve_columns(frame, metric, where)
-    if not columns:
+    table, every_column = curve_columns(frame, metric, where)
+    if not every_column:
         raise ScalingLabError(
             f"{where}: the trials recorded no validation before their last epoch, so there is no early ranking to compare; "
             "run the study with task.eval_every smaller than task.epochs"
         )
     found: dict[str, list[RankAgreement]] = {}
     rng = np.random.default_rng(seed)
-    for group in sorted(table["group"].astype(str).unique()) if "group" in table.columns else [""]:
-        cells = table_cells(table, [metric, *columns], where, group if "group" in table.columns else None)
-        if len(cells) < MIN_CONFIGURATIONS:
+    if "group" not in table.columns:
+        table = table.assign(group="")
+    for group in sorted(table["group"].astype(str).unique()):
+        columns = shared_columns(table[table["group"].astype(str) == group], every_column)
+        cells = table_cells(table, [metric, *columns], where, group)
+        if len(cells) < MIN_CONFIGURATIONS or not columns:
             continue
         keys = [cell.key for cell in cells]
         means = np.array([cell.mean for cell in cells])
@@ -143,6 +149,7 @@ def across_studies(
     metric_a, maximize = main_metric(info_a, frame_a, where_a)
     metric_b, _ = main_metric(info_b, frame_b, where_b)
     table_a, columns = curve_columns(frame_a, metric_a, where_a)
+    columns = shared_columns(table_a, columns)
     cells_a = table_cells(table_a, [metric_a, *columns], where_a)
     cells_b = table_cells(frame_b, [metric_b], where_b)
     matched, how = _match(cells_a, cells_b)

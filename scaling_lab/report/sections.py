@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from scaling_lab import paper
-from scaling_lab.report import analysis, comparisons, figures
+from scaling_lab.report import analysis, comparisons, figures, laws
 from scaling_lab.report.figures import human, scale
 from scaling_lab.report.html import Page, definitions, paragraph, preformatted, side_by_side, table
 from scaling_lab.report.run import ACCURACY_METRICS, COSTS, Run
@@ -85,6 +85,8 @@ def build_page(run: Run) -> Page:
     add_ablation(page, run, configs)
     add_fusion(page, run, configs)
     add_compound(page, run, configs)
+    for add_section in laws.SECTIONS:
+        add_section(page, run)
     add_training_curves(page, run)
     add_paper(page, run, configs)
     add_trials(page, run)
