@@ -82,13 +82,13 @@ class Recommendation:
         if best.trials:
             lines.append(f"  trials: {', '.join(map(str, best.trials))}")
         if best.extrapolated:
-            lines.append(f"  WARNING: extrapolation: {best.beyond:.2f}x beyond the FLOPs this rule measured; train it to check")
+            lines.append(f"  WARNING: extrapolation: {best.beyond:.3g}x beyond the FLOPs this rule measured; train it to check")
         return lines
 
     def to_text(self) -> str:
         lines = [*self.headline(), "candidates (best first):"]
         for candidate in self.candidates:
-            mark = f" (extrapolated x{candidate.beyond:.2f})" if candidate.extrapolated else ""
+            mark = f" (extrapolated x{candidate.beyond:.3g})" if candidate.extrapolated else ""
             lines.append(f"  {candidate.value:.4g} [{candidate.low:.4g}, {candidate.high:.4g}]  {_human(candidate.cost, self.kind)}  {candidate.source}{mark}")
         for rule, reason in self.skipped.items():
             lines.append(f"  not a candidate: {rule}: {reason}")
