@@ -24,6 +24,7 @@ from scaling_lab.laws.cells import REPLICATES, Cell, interval, main_metric, resa
 from scaling_lab.laws.forms import FORMS, Form, leave_one_out_rmse
 from scaling_lab.spec import spec_from_dict
 from scaling_lab.study.search_space import SearchSpace
+from scaling_lab.study.winner import derive_group
 
 MIN_POINTS = 3
 PARETO_PREFIX = "pareto:"
@@ -128,11 +129,14 @@ def rule_cells(info: Mapping[str, Any], frame: pd.DataFrame, where: str) -> dict
     by_group: dict[str, list[Cell]] = {}
     for cell in every:
         by_group.setdefault(cell.group, []).append(cell)
-    derive_group = info.get("derive_group")
+    try:
+        grid = derive_group(info, frame)  # a coefficient grid at one phi belongs to the response surface, not to a rule
+    except ScalingLabError:
+        grid = None
     rules: dict[str, list[Cell]] = {}
     for group, cells in sorted(by_group.items()):
         phis = {cell.params.get("phi") for cell in cells if cell.params.get("phi") is not None}
-        if group == derive_group:
+        if group == grid and len(phis) <= 1:
             continue
         if phis:
             rules[group] = [*([] if 0 in phis else _start(info, cells, every)), *cells]

@@ -96,7 +96,7 @@ def grid_cells(info: Mapping[str, Any], frame: pd.DataFrame, where: str) -> tupl
     """The compound grid's configurations: (group, metric, maximize, cells, target), checked."""
     metric, maximize = main_metric(info, frame, where)
     group = derive_group(info, frame)
-    cells = [cell for cell in table_cells(frame, [metric], where, group)]
+    cells = table_cells(frame, [metric], where, group)
     missing = [name for name in ("alpha", "beta", "gamma") if cells and any(name not in cell.params for cell in cells)]
     if missing:
         raise ScalingLabError(f"{where}: group {group!r} has configurations without param.{missing[0]}; the response surface needs alpha, beta and gamma in every cell")
