@@ -18,7 +18,9 @@ from typing import Iterator
 
 from scaling_lab.errors import ScalingLabError, no_space_left
 
-COMMAND_MODULES = ("scaling_lab.commands", "scaling_lab.train.commands", "scaling_lab.study.commands", "scaling_lab.report.commands")
+COMMAND_MODULES = (
+    "scaling_lab.commands", "scaling_lab.train.commands", "scaling_lab.study.commands", "scaling_lab.report.commands", "scaling_lab.laws.commands",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

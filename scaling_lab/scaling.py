@@ -4,6 +4,10 @@
 - The EfficientDet heuristic: W = 64·1.35^phi, D_bifpn = 3 + phi, D_box = 3 + floor(phi/3),
   R = 512 + 128·phi. The official D0-D7x table departs from it in places (for instance 112 and
   224 channels where the formula gives 120 and 216 after rounding, D5 at 1280); the presets keep the table's values.
+- Fast compound scaling (Dollár, Singh and Girshick, CVPR 2021): depth, width and resolution
+  grow as s^e_d, s^e_w, s^e_r with e_d + 2·e_w + 2·e_r = 1, set by the width's share a of the
+  FLOPs growth: e_w = a/2, e_d = (1 - a)/2, e_r = (1 - a)/4 (a = 1: width only; a = 1/3: uniform
+  compound scaling; their recommended a = 0.8: e_d 0.1, e_w 0.4, e_r 0.05, pycls's "d1_w8_r1").
 - ``scale_detector``: multiply a detector spec's depth, width and resolution, as searches do.
 """
 
@@ -65,6 +69,30 @@ def gamma_for(alpha: float, beta: float, target: float = 2.0) -> float:
     if gamma_squared < 1:
         raise SpecError(f"alpha {alpha} and beta {beta} already exceed alpha·beta² = {target}; gamma would be < 1")
     return math.sqrt(gamma_squared)
+
+
+FAST_WIDTH_SHARE = 0.8  # Dollár et al.'s recommended alpha (their Table 4)
+
+
+@dataclass(frozen=True)
+class ScalingExponents:
+    """How depth, width and resolution grow with a FLOPs factor s: s^depth, s^width, s^resolution."""
+
+    depth: float
+    width: float
+    resolution: float
+
+    def coefficients(self, target: float = 2.0) -> dict[str, float]:
+        """The compound coefficients that multiply FLOPs by ``target`` per phi (alpha = target^e_d, ...)."""
+        return {"alpha": target**self.depth, "beta": target**self.width, "gamma": target**self.resolution}
+
+
+def fast_compound_exponents(width_share: float = FAST_WIDTH_SHARE) -> ScalingExponents:
+    """Dollár et al.'s fast compound scaling: the width takes ``width_share`` of the FLOPs growth,
+    depth and resolution split the rest equally (e_d + 2·e_w + 2·e_r = 1)."""
+    if not 0 <= width_share <= 1:
+        raise SpecError(f"width_share {width_share} must be in [0, 1] (1: width only; 1/3: uniform compound scaling; 0.8: the paper's fast scaling)")
+    return ScalingExponents(depth=(1 - width_share) / 2, width=width_share / 2, resolution=(1 - width_share) / 4)
 
 
 def scale_backbone(base: BackboneSpec, multipliers: Multipliers) -> BackboneSpec:

@@ -113,6 +113,18 @@ def table_row(
     return row
 
 
+def read_curve(text: Any) -> list[dict[str, Any]]:
+    """The per-validation records of a row's ``curve`` column (``table_row`` writes it as JSON):
+    empty when absent or unreadable."""
+    if not isinstance(text, str) or not text:
+        return []
+    try:
+        curve = json.loads(text)
+    except json.JSONDecodeError:
+        return []
+    return [point for point in curve if isinstance(point, dict) and "epoch" in point] if isinstance(curve, list) else []
+
+
 def results_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """The table of rows, by trial id; a column mixing numbers and names holds text."""
     frame = pd.DataFrame(rows)

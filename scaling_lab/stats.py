@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as distributions
 
+from scaling_lab.schema import ACCURACY_METRICS
+
 LEVEL = 0.95
 BETTER, WORSE, EQUIVALENT, UNRESOLVED = "better", "worse", "equivalent", "unresolved"
 VERDICTS = (BETTER, WORSE, EQUIVALENT, UNRESOLVED)
@@ -314,7 +316,7 @@ def complete_trials(results: pd.DataFrame) -> pd.DataFrame:
 
 def bounds_of(metric: str) -> tuple[float, float] | None:
     """The range a metric's interval is clipped to: accuracy metrics are fractions."""
-    return ACCURACY_BOUNDS if metric in ("AP", "AP50", "AP75", "APs", "APm", "APl", "top1", "top5") else None
+    return ACCURACY_BOUNDS if metric in ACCURACY_METRICS else None
 
 
 def compare_configs(

@@ -55,6 +55,9 @@ def test_no_two_phi_values_build_the_same_resolution(study):
             for values in space.grid():
                 if "phi" not in values or not float(values.get("gamma", 1.0)) > 1.0:  # NaN: infeasible, rejected
                     continue
+                if any(p.name == "gamma" and p.rule == "fast_compound" for p in space.parameters):
+                    continue  # resolution grows as s^0.05: less than a stride step per phi by design; depth and width move
+
                 others = tuple(sorted((k, v) for k, v in values.items() if k != "phi"))
                 resolution = space.build_spec(config.base, values).resolution
                 phis = seen.setdefault(others, {})
@@ -71,8 +74,8 @@ def test_solving_resolution_against_measured_flops():
 @pytest.mark.parametrize(
     "profile, rule, worst_miss",
     [
-        ("cpu", "width", 0.07),
-        ("cpu", "depth", 0.07),
+        ("cpu", "width", 0.13),
+        ("cpu", "depth", 0.15),
         ("cpu", "resolution", 0.13),
         pytest.param(None, "width", 0.03, marks=pytest.mark.slow),
         pytest.param(None, "depth", 0.03, marks=pytest.mark.slow),
@@ -83,10 +86,11 @@ def test_compound_grid_single_dimension_rules_are_solved_against_measured_flops(
     """``compound_grid``: each rule lands near 2^phi at every phi as measured (the nominal sqrt 2
     width measured 1.41x at phi 1 of the cpu profile). Resolution moves in stride steps (32 px
     from the cpu profile's 128, 128 px from D0's 512), so 2.25x is its nearest to 2x; width and
-    depth land within 7 % (cpu) and 3 % (D0)."""
+    depth land within 3 % on D0, and within 12 and 15 % over phi 1-3 on the cpu profile's tiny D0
+    (channels and repeats of width and depth 0.25 round in coarse steps)."""
     config = with_data_classes(load_study(ROOT / "studies" / "compound_grid.yaml", profile=profile))
     (group,) = [g for g in config.groups if g.name == rule]
     rows = group_flops_ratios(config.base, group.space)
-    assert [row["phi"] for row in rows] == ([1, 2] if profile == "cpu" else [1, 2, 3])
+    assert [row["phi"] for row in rows] == [1, 2, 3]
     misses = [abs(row["flops_ratio"] / row["target"] - 1) for row in rows]
     assert max(misses) <= worst_miss, f"{rule}: measured {[round(row['flops_ratio'], 3) for row in rows]}x against 2^phi"

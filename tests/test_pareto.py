@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from scaling_lab.errors import ScalingLabError
-from scaling_lab.report.pareto import pareto_front
+from scaling_lab.pareto import pareto_front
 
 MAX_MIN = ["maximize", "minimize"]
 

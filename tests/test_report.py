@@ -211,8 +211,8 @@ def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path):
     index = write_report(run_dir, tmp_path / "report", png=False)
     SCREENSHOT_DIR.mkdir(exist_ok=True)
     check = assert_renders(index, SCREENSHOT_DIR / "fixture-screenshot.png")
-    # four fronts, the grid heatmap, the scaling curves, the training curves
-    assert len(check["figures"]) == 7
+    # four fronts, the grid heatmap, the scaling curves, their fitted laws, the proxy fidelity, the training curves
+    assert [f["id"] for f in check["figures"]] == [f"figure-{name}" for name in FIXTURE_FIGURES]
     heatmaps = [f for f in check["figures"] if f["heatmaps"]]
     assert len(heatmaps) == 1
     assert all(f["lines"] >= 1 for f in check["figures"] if not f["heatmaps"])
@@ -246,10 +246,16 @@ def test_report_outputs_and_sections(run_dir: Path, tmp_path: Path):
     assert "1 failed" in page and "1 rejected" in page and "1 pruned" in page
 
 
+FIXTURE_FIGURES = [
+    "pareto-flops", "pareto-params", "pareto-activations", "pareto-latency_ms", "compound-grid", "scaling-rules",
+    "scaling-curves-fitted", "proxy-fidelity", "training-curves",
+]
+
+
 def test_figures_are_named_by_what_they_show_and_a_new_section_renames_none(run_dir: Path, monkeypatch):
     run = load_run(run_dir)
     names = [name for name, _ in sections.build_page(run).figures]
-    assert names == ["pareto-flops", "pareto-params", "pareto-activations", "pareto-latency_ms", "compound-grid", "scaling-rules", "training-curves"]
+    assert names == FIXTURE_FIGURES
 
     def add_first(page, run, configs):  # a new section with a figure, put first
         page.add("first", "A new first section", page.figure(figures.training_curves_figure(run, analysis.best_trials(run)), "new-figure"))

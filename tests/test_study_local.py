@@ -146,9 +146,9 @@ def test_shipped_studies_load(study):
 
 
 def test_compound_derivation_cpu_profile(tmp_path, cli_main, capsys, monkeypatch):
-    config = load_study(ROOT / "studies" / "compound_grid.yaml", profile="cpu", overrides=["task.epochs=1"], run_dir=tmp_path / "compound")
+    config = load_study(ROOT / "studies" / "compound_grid.yaml", profile="cpu", overrides=["task.epochs=1", "repeats=1"], run_dir=tmp_path / "compound")
     frame = run_study(config, trial_function=fake_trial, out=None)
-    assert set(frame["group"]) == {"grid", "compound", "width", "depth", "resolution"}
+    assert set(frame["group"]) == {"grid", "compound", "width", "depth", "resolution", "fast"}
     assert (frame["state"] == "rejected").sum() >= 1
     derivation = derive_coefficients(config.run_dir)
     assert derivation.within_constraint

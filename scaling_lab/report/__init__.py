@@ -14,7 +14,7 @@ from pathlib import Path
 from scaling_lab.files import atomic_write, atomic_write_text, check_output_folder
 from scaling_lab.report.analysis import configurations
 from scaling_lab.report.findings import findings_markdown
-from scaling_lab.report.pareto import pareto_front
+from scaling_lab.pareto import pareto_front
 from scaling_lab.report.run import Run, load_run
 from scaling_lab.report.sections import build_page, header
 

@@ -11,9 +11,9 @@ import pandas as pd
 
 from scaling_lab import paper, stats
 from scaling_lab.errors import ScalingLabError
-from scaling_lab.report.pareto import pareto_front
+from scaling_lab.pareto import pareto_front
 from scaling_lab.report.run import Run
-from scaling_lab.schema import ACCURACY_METRICS, PLOTTED_COSTS
+from scaling_lab.schema import ACCURACY_METRICS, PLOTTED_COSTS, read_curve
 from scaling_lab.study import families
 from scaling_lab.study.winner import WinnerRule, decide_winner, derive_group, rank_configurations
 
@@ -165,20 +165,9 @@ def best_trials(run: Run, count: int = 5) -> pd.DataFrame:
     their configuration's ``summary``."""
     if "curve" not in run.trials.columns or run.complete.empty:  # an empty mask would select columns, not rows
         return run.complete.iloc[0:0]
-    with_curve = run.complete[run.complete["curve"].map(lambda text: bool(parse_curve(text)))]
+    with_curve = run.complete[run.complete["curve"].map(lambda text: bool(read_curve(text)))]
     best = with_curve.sort_values(run.main_metric, ascending=False).head(count)
     return best.assign(summary=best["config_id"].map(spec_summaries(run)))
-
-
-def parse_curve(text: Any) -> list[dict[str, Any]]:
-    """The per-epoch records of a trial's ``curve`` JSON; empty when absent or unreadable."""
-    if not isinstance(text, str) or not text:
-        return []
-    try:
-        curve = json.loads(text)
-    except json.JSONDecodeError:
-        return []
-    return [point for point in curve if isinstance(point, dict) and "epoch" in point] if isinstance(curve, list) else []
 
 
 def ablation_table(run: Run, configs: pd.DataFrame) -> pd.DataFrame:

@@ -6,9 +6,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from scaling_lab.report.analysis import front_on, parse_curve, reaches_front
+from scaling_lab.report.analysis import front_on, reaches_front
 from scaling_lab.report.run import Run
-from scaling_lab.schema import ACCURACY_METRICS
+from scaling_lab.schema import ACCURACY_METRICS, read_curve
 
 COST_AXES = {
     "flops": ("FLOPs (multiply-adds, log)", "log"),
@@ -192,7 +192,7 @@ def training_curves_figure(run: Run, best: pd.DataFrame) -> go.Figure:
     metric, factor = run.main_metric, scale(run.main_metric)
     figure = make_subplots(rows=1, cols=2, subplot_titles=("training loss", f"validation {metric}"))
     for index, (_, trial) in enumerate(best.iterrows()):
-        curve = pd.DataFrame(parse_curve(trial["curve"]))
+        curve = pd.DataFrame(read_curve(trial["curve"]))
         name = f"{trial.get('summary') or 'config ' + str(trial['config_id'])} · seed {trial.get('seed', '–'):g}"
         color = f"hsl({index * 360 // max(len(best), 1)}, 60%, 45%)"
         for column, col, multiplier in (("train_loss", 1, 1.0), (metric, 2, factor)):

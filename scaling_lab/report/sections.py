@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from scaling_lab.report import analysis, comparisons, figures
+from scaling_lab.report import analysis, comparisons, figures, laws
 from scaling_lab.report.figures import human, scale
 from scaling_lab.report.formats import interval, mean_std, number, percent, ratio, text
 from scaling_lab.report.html import Page, definitions, paragraph, preformatted, table
@@ -273,5 +273,5 @@ def add_provenance(page: Page, run: Run, configs: pd.DataFrame) -> None:
 # configurations that adds itself (``page.add``) only where the study's data supports it; a new
 # section is one function added here.
 SECTIONS: list[Section] = [
-    add_pareto, add_ablation, add_fusion, add_compound, add_training_curves, add_paper, add_trials, add_provenance,
+    add_pareto, add_ablation, add_fusion, add_compound, *laws.SECTIONS, add_training_curves, add_paper, add_trials, add_provenance,
 ]

@@ -41,9 +41,18 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _derive(args: argparse.Namespace) -> int:
+    from scaling_lab.errors import ScalingLabError
+    from scaling_lab.laws.surface import fit_surface
     from scaling_lab.study.derive import derive_coefficients
 
-    print(derive_coefficients(checked_run_dir(args.target, args.profile)).to_text())
+    run_dir = checked_run_dir(args.target, args.profile)
+    derivation = derive_coefficients(run_dir)
+    print(derivation.to_text())
+    try:
+        info, frame = open_results(run_dir)
+        print(fit_surface(info, frame, str(run_dir)).beside(derivation.coefficients, derivation.score))
+    except ScalingLabError as exc:
+        print(f"no response surface: {exc}")
     return 0
 
 

@@ -13,6 +13,8 @@ A search space file (``search_spaces/*.yaml``) holds::
       beta: 1.1                           # a bare value is a fixed parameter
       gamma: {type: derived, rule: compound_gamma}   # alpha·beta²·gamma² = target (2)
       phi: {type: choice, values: [0, 1, 2]}
+      # or Dollár et al.'s fast compound scaling (width takes width_share of the FLOPs growth):
+      # alpha: {type: derived, rule: fast_compound, width_share: 0.8}  (and the same for beta, gamma)
     constraints:
       flops: {min: 1.8, max: 2.2, relative: true}    # relative to the study's base spec
 
@@ -34,13 +36,14 @@ from typing import Any, Mapping
 
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.schema import MEASURED_COSTS
-from scaling_lab.scaling import compound_multipliers, scale_backbone, scale_detector, snap_resolution
+from scaling_lab.scaling import FAST_WIDTH_SHARE, compound_multipliers, fast_compound_exponents, scale_backbone, scale_detector, snap_resolution
 from scaling_lab.spec import DetectorSpec, Spec
 from scaling_lab.spec_files import apply_overrides, read_yaml
 
 COEFFICIENTS = ("alpha", "beta", "gamma", "phi")
 PARAMETER_TYPES = ("choice", "grid", "int", "float", "log_float", "derived", "best")
-DERIVATION_RULES = ("compound_gamma",)
+DERIVATION_RULES = ("compound_gamma", "fast_compound")
+FAST_COMPOUND_DIMENSIONS = {"alpha": "depth", "beta": "width", "gamma": "resolution"}
 SPACE_KEYS = ("parameters", "constraints")
 
 # Keys each parameter type accepts besides ``type`` and ``when``.
@@ -50,7 +53,7 @@ _TYPE_KEYS = {
     "int": {"low", "high", "step", "log"},
     "float": {"low", "high", "step"},
     "log_float": {"low", "high"},
-    "derived": {"rule", "target"},
+    "derived": {"rule", "target", "width_share"},
     "best": {"group"},
 }
 
@@ -69,7 +72,8 @@ def _is_scalar(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class Parameter:
-    """One search parameter. ``values`` holds the list of a choice/grid (one value when fixed)."""
+    """One search parameter. ``values`` holds the list of a choice/grid (one value when fixed), and
+    a ``fast_compound`` parameter's width share (kept there so study fingerprints keep their shape)."""
 
     name: str
     type: str
@@ -102,6 +106,9 @@ class Parameter:
 
     def derive(self, values: Mapping[str, Any]) -> float:
         """The value of a derived parameter from those before it."""
+        if self.rule == "fast_compound":
+            exponents = fast_compound_exponents(float(self.values[0]))
+            return round(self.target ** getattr(exponents, FAST_COMPOUND_DIMENSIONS[self.name]), 6)
         alpha, beta = float(values.get("alpha", 1.0)), float(values.get("beta", 1.0))
         squared = self.target / (alpha * beta**2)
         return round(math.sqrt(squared), 6) if squared >= 1 else math.nan
@@ -309,13 +316,22 @@ def _parse_parameter(where: str, name: str, raw: Any, earlier: dict[str, Paramet
         rule = raw.get("rule")
         if rule not in DERIVATION_RULES:
             raise _fail(where, f"{key}.rule: {rule!r} is not valid; valid rules are {', '.join(DERIVATION_RULES)}")
+        target = _number(where, f"{key}.target", raw.get("target", 2.0))
+        if target <= 0:
+            raise _fail(where, f"{key}.target: {target} must be positive")
+        if rule == "fast_compound":
+            if name not in FAST_COMPOUND_DIMENSIONS:
+                raise _fail(where, f"{key}: the fast_compound rule sets alpha, beta and gamma, not {name!r}")
+            share = _number(where, f"{key}.width_share", raw.get("width_share", FAST_WIDTH_SHARE))
+            if not 0 <= share <= 1:
+                raise _fail(where, f"{key}.width_share: {share} must be in [0, 1] (1: width only; 1/3: uniform compound scaling; 0.8: the paper's fast scaling)")
+            return Parameter(name, kind, values=(float(share),), rule=rule, target=float(target), when=when)
+        if "width_share" in raw:
+            raise _fail(where, f"{key}.width_share: only the fast_compound rule takes a width share")
         if not {"alpha", "beta"} & set(earlier):
             raise _fail(where, f"{key}: compound_gamma needs alpha and/or beta declared before it")
         if name != "gamma":
             raise _fail(where, f"{key}: the compound_gamma rule solves for the parameter named gamma, not {name!r}")
-        target = _number(where, f"{key}.target", raw.get("target", 2.0))
-        if target <= 0:
-            raise _fail(where, f"{key}.target: {target} must be positive")
         return Parameter(name, kind, rule=rule, target=float(target), when=when)
     group = raw.get("group")
     if not isinstance(group, str) or not group:
