@@ -6,7 +6,7 @@ import pytest
 from scaling_lab.errors import ScalingLabError, SpecError
 from scaling_lab.measure import measure
 from scaling_lab.scaling import fast_compound_exponents
-from scaling_lab.study.search_space import parse_search_space
+from scaling_lab.study.search_space_files import parse_search_space
 from tests.laws_tables import TINY_BASE
 
 FAST = {name: {"type": "derived", "rule": "fast_compound"} for name in ("alpha", "beta", "gamma")}

@@ -5,7 +5,8 @@ import pytest
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.presets import preset
 from scaling_lab.spec_files import load_spec
-from scaling_lab.study.search_space import InfeasibleCandidate, parse_search_space
+from scaling_lab.study.search_space import InfeasibleCandidate
+from scaling_lab.study.search_space_files import parse_search_space
 
 BASE = load_spec("efficientdet-d0", ["backbone.width=0.25", "backbone.depth=0.25", "resolution=128", "channels=16", "feature_repeats=1", "head_repeats=1"])
 

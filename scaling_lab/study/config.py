@@ -22,7 +22,8 @@ from scaling_lab.ranges import Range
 from scaling_lab.schema import COST_COLUMNS, quality_metrics
 from scaling_lab.spec import Spec, deep_merge, spec_from_dict
 from scaling_lab.spec_files import load_spec, parse_overrides, read_yaml
-from scaling_lab.study.search_space import SearchSpace, load_search_space
+from scaling_lab.study.search_space import SearchSpace
+from scaling_lab.study.search_space_files import load_search_space
 from scaling_lab.trial import Budget, Task
 
 EXPERIMENTS = ("quickstart", "compound_grid", "fpn_ablation", "fusion_ablation", "pareto", "proxy_findings")
