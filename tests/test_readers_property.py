@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from scaling_lab.documents import parse_json, parse_yaml
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.spec import Spec, spec_from_dict
-from scaling_lab.study.config import StudyConfig, parse_study
+from scaling_lab.study.config import StudyConfig
+from scaling_lab.study.study_files import parse_study
 from scaling_lab.trial import Budget, Task
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

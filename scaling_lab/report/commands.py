@@ -10,7 +10,7 @@ from scaling_lab.errors import no_space_left
 from scaling_lab.files import check_output_folder, folder_argument
 from scaling_lab.ranges import POSITIVE_INT, flag
 from scaling_lab.report import report_dir_for, write_report
-from scaling_lab.study.config import BACKENDS, load_study
+from scaling_lab.study.study_files import BACKENDS, load_study
 from scaling_lab.study.run_folder import check_before_resume, checked_run_dir
 from scaling_lab.study.runner import run_study
 

@@ -26,7 +26,7 @@ from scaling_lab.errors import ScalingLabError
 from scaling_lab.files import atomic_write, atomic_write_text, read_parquet
 from scaling_lab.schema import TRIAL_STATES
 from scaling_lab.study import results
-from scaling_lab.study.config import DIRECTIONS, load_study, run_dir_for
+from scaling_lab.study.study_files import DIRECTIONS, load_study, run_dir_for
 from scaling_lab.study.storage import masked
 from scaling_lab.trial import TASK_KINDS
 
