@@ -9,18 +9,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from scaling_lab.schema import flatten_spec
 from scaling_lab.spec_files import load_spec
 from scaling_lab.study.search_space import SearchSpace
+from tests.helpers import TINY_BASE
 
-TINY_BASE = load_spec(
-    "efficientdet-d0",
-    ["backbone.width=0.25", "backbone.depth=0.25", "resolution=128", "max_level=5", "channels=16", "feature_repeats=1", "head_repeats=1", "num_classes=6"],
+# The tiny study base as a spec, at P3-P5 and six classes like the CPU profiles.
+BASE_SPEC = load_spec(
+    TINY_BASE["base"],
+    [f"{key}={value}" for key, value in flatten_spec({k: v for k, v in TINY_BASE.items() if k != "base"}).items()]
+    + ["max_level=5", "num_classes=6"],
 )
 AP = {"metric": "AP", "direction": "maximize"}
 
 
 def info(**extra) -> dict:
-    return {"name": "synthetic", "objectives": [AP], "planned_trials": 0, "finished": True, "base_spec": TINY_BASE.to_dict(), **extra}
+    return {"name": "synthetic", "objectives": [AP], "planned_trials": 0, "finished": True, "base_spec": BASE_SPEC.to_dict(), **extra}
 
 
 def rows(group: str, params: dict, seeds: int, value, costs: dict | None = None, curve=None, spec: dict | None = None) -> list[dict]:
@@ -79,7 +83,7 @@ def rule_rows(rng: np.random.Generator, group: str, params: dict, phis, seeds=3,
 
     out = []
     for phi in phis:
-        spec = SearchSpace(parameters=()).build_spec(TINY_BASE, {**params, "phi": phi})
+        spec = SearchSpace(parameters=()).build_spec(BASE_SPEC, {**params, "phi": phi})
         if measured:
             costs = cost_counts(spec)
         else:

@@ -21,8 +21,7 @@ from scaling_lab.study import load_study, run_study
 from scaling_lab.study.adaptive import simulate
 from scaling_lab.trial import TrialResult
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_study_helpers import write_study  # noqa: E402
+from tests.helpers import subprocess_env, write_study
 
 MEANS = {"fpn": 0.30, "panet": 0.40, "bifpn": 0.30}  # PANet clearly better; BiFPN no different from FPN
 
@@ -97,9 +96,8 @@ def test_min_max_margin_are_part_of_the_definition_and_bad_values_are_named(tmp_
 
 RUNNER_SCRIPT = """
 import sys
-sys.path.insert(0, {tests!r})
 from scaling_lab.study import load_study, run_study
-from test_adaptive import noisy_trial
+from tests.test_adaptive import noisy_trial
 run_study(load_study({path!r}), trial_function=noisy_trial, out=None)
 """
 
@@ -107,8 +105,8 @@ run_study(load_study({path!r}), trial_function=noisy_trial, out=None)
 def test_sigkill_during_an_extra_round_then_resume(tmp_path):
     path = adaptive_study(tmp_path)
     config = load_study(path)
-    script = RUNNER_SCRIPT.format(tests=str(Path(__file__).parent), path=str(path))
-    process = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "FAKE_TRIAL_SLEEP": "0.3"})
+    script = RUNNER_SCRIPT.format(path=str(path))
+    process = subprocess.Popen([sys.executable, "-c", script], env=subprocess_env(FAKE_TRIAL_SLEEP="0.3"))
     try:
         deadline = time.time() + 120
         while time.time() < deadline:

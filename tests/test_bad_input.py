@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import struct
-import sys
 import zlib
 from pathlib import Path
 from typing import Callable
@@ -23,8 +22,7 @@ from PIL import Image
 from scaling_lab import cli
 from scaling_lab.study import load_study, run_study
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_study_helpers import TINY_BASE, fake_trial, write_study  # noqa: E402
+from tests.helpers import TINY_BASE, fake_trial, write_study
 
 TINY_SPEC = {**TINY_BASE, "min_level": 3, "max_level": 5}
 

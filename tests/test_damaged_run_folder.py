@@ -5,7 +5,6 @@ the database that is missing or damaged."""
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -14,8 +13,7 @@ import pytest
 from scaling_lab import cli
 from scaling_lab.study import load_study, run_study
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_study_helpers import fake_trial, write_study  # noqa: E402
+from tests.helpers import fake_trial, write_study
 
 DAMAGES = {
     "empty parquet": ("results.parquet", b""),

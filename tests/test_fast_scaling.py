@@ -7,7 +7,7 @@ from scaling_lab.errors import ScalingLabError, SpecError
 from scaling_lab.measure import measure
 from scaling_lab.scaling import fast_compound_exponents
 from scaling_lab.study.search_space_files import parse_search_space
-from tests.laws_tables import TINY_BASE
+from tests.laws_tables import BASE_SPEC
 
 FAST = {name: {"type": "derived", "rule": "fast_compound"} for name in ("alpha", "beta", "gamma")}
 
@@ -25,19 +25,19 @@ def test_the_papers_exponents():
 
 
 def test_a_search_space_rule_that_doubles_flops_per_phi():
-    space = parse_search_space({"parameters": {**FAST, "phi": {"type": "choice", "values": [0, 3]}}}, TINY_BASE, "fast.yaml")
+    space = parse_search_space({"parameters": {**FAST, "phi": {"type": "choice", "values": [0, 3]}}}, BASE_SPEC, "fast.yaml")
     _, scaled = space.grid()
     assert (scaled["alpha"], scaled["beta"], scaled["gamma"]) == pytest.approx((2**0.1, 2**0.4, 2**0.05), rel=1e-5)
     assert scaled["alpha"] * scaled["beta"] ** 2 * scaled["gamma"] ** 2 == pytest.approx(2.0, rel=1e-5)
-    half = parse_search_space({"parameters": {"beta": {"type": "derived", "rule": "fast_compound", "width_share": 0.5, "target": 4}}}, TINY_BASE, "f.yaml")
+    half = parse_search_space({"parameters": {"beta": {"type": "derived", "rule": "fast_compound", "width_share": 0.5, "target": 4}}}, BASE_SPEC, "f.yaml")
     assert half.grid()[0]["beta"] == pytest.approx(4**0.25)
 
 
 def test_fewer_activations_than_efficientnet_compound_at_matched_flops():
-    fast = parse_search_space({"parameters": {**FAST, "phi": 3}}, TINY_BASE, "fast.yaml")
-    compound = parse_search_space({"parameters": {"alpha": 1.2, "beta": 1.1, "gamma": 1.15, "phi": 3}}, TINY_BASE, "compound.yaml")
-    base = measure(TINY_BASE)
-    fast_spec, compound_spec = (space.build_spec(TINY_BASE, space.grid()[0]) for space in (fast, compound))
+    fast = parse_search_space({"parameters": {**FAST, "phi": 3}}, BASE_SPEC, "fast.yaml")
+    compound = parse_search_space({"parameters": {"alpha": 1.2, "beta": 1.1, "gamma": 1.15, "phi": 3}}, BASE_SPEC, "compound.yaml")
+    base = measure(BASE_SPEC)
+    fast_spec, compound_spec = (space.build_spec(BASE_SPEC, space.grid()[0]) for space in (fast, compound))
     fast_cost, compound_cost = measure(fast_spec), measure(compound_spec)
     # measured: 3.98x and 4.03x FLOPs; activations 2.29x against 3.12x (the paper: about sqrt(s) against s)
     assert fast_cost.flops / base.flops == pytest.approx(compound_cost.flops / base.flops, rel=0.05)
@@ -54,4 +54,4 @@ def test_fewer_activations_than_efficientnet_compound_at_matched_flops():
 )
 def test_bad_fast_rules_are_clear_errors(raw, message):
     with pytest.raises(ScalingLabError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        parse_search_space({"parameters": raw}, TINY_BASE, "space.yaml")
+        parse_search_space({"parameters": raw}, BASE_SPEC, "space.yaml")

@@ -24,8 +24,7 @@ from scaling_lab.files import read_parquet
 from scaling_lab.study import load_study, run_study
 from scaling_lab.study.results import is_interrupted
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_study_helpers import fake_trial, write_study  # noqa: E402
+from tests.helpers import fake_trial, subprocess_env, write_study
 
 CHECKPOINT_FLOATS = 50_000  # 200 KB per checkpoint: a 1 MiB disk fills within a few trials
 
@@ -126,9 +125,8 @@ def test_full_disk_for_real_exits_2_naming_the_folder_and_keeps_the_database(cli
 
 SIGTERM_SCRIPT = """
 import sys
-sys.path.insert(0, {tests!r})
 import scaling_lab.study.session
-from test_study_helpers import fake_trial
+from tests.helpers import fake_trial
 scaling_lab.study.session.default_trial_function = lambda: fake_trial
 from scaling_lab import cli
 sys.exit(cli.main(["run", {path!r}]))
@@ -137,8 +135,8 @@ sys.exit(cli.main(["run", {path!r}]))
 
 def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
     path = write_study(tmp_path, task={"synthetic": {"train_images": 16}, "epochs": 2})
-    script = SIGTERM_SCRIPT.format(tests=str(Path(__file__).parent), path=str(path))
-    env = {**os.environ, "FAKE_TRIAL_SLEEP": "1", "OMP_NUM_THREADS": "1"}
+    script = SIGTERM_SCRIPT.format(path=str(path))
+    env = subprocess_env(FAKE_TRIAL_SLEEP="1", OMP_NUM_THREADS="1")
     process = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     table = tmp_path / "run" / "results.parquet"
     deadline = time.time() + 120

@@ -14,8 +14,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,11 +24,11 @@ from scaling_lab.study import load_study, run_study
 from scaling_lab.train import run_trial, trainer
 from scaling_lab.trial import Budget, Task
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_study_helpers import write_study  # noqa: E402
+from tests.helpers import write_study
 
 DEVICE = os.environ.get("SCALING_LAB_GPU_TEST_DEVICE", "cuda")
 pytestmark = [
+    pytest.mark.usefixtures("cache_in_tmp"),
     pytest.mark.gpu,
     pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs CUDA"),
 ]
@@ -40,13 +38,6 @@ SMALL_DETECTOR = DetectorSpec(
     feature_repeats=1, head_repeats=1, num_classes=6,
 )
 SCENES = dict(train_images=16, val_images=8, image_size=128, min_object_size=24.0, max_object_size=96.0, max_objects=3, clutter=0.3)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def cache_in_tmp(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SCALING_LAB_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
 
 
 def small_task(**changes) -> Task:

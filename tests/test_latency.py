@@ -2,7 +2,6 @@
 follows the code that builds and counts models. Timing rules are proven with a fake clock."""
 
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,10 +22,9 @@ from scaling_lab.measure import (
     time_repeated,
 )
 from scaling_lab.study import load_study, run_study
-from tests.test_models import TINY
+from tests.helpers import TINY
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_study_helpers import fake_trial, write_study  # noqa: E402
+from tests.helpers import fake_trial, write_study
 
 
 class FakeDevice:

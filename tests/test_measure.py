@@ -10,8 +10,8 @@ from scaling_lab.measure import measure, significant_uncounted
 from scaling_lab.paper import OFFICIAL_FLOPS
 from scaling_lab.presets import PRESETS, preset
 from scaling_lab.study import load_study, run_study
-from tests.test_models import TINY
-from tests.test_study_helpers import fake_trial, write_study
+from tests.helpers import TINY
+from tests.helpers import fake_trial, write_study
 
 
 def test_d0_flops_within_one_percent_of_the_official_count():

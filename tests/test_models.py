@@ -11,12 +11,8 @@ from scaling_lab.graphs import GRAPHS, FeatureGraph, Node, feature_graph
 from scaling_lab.paper import OFFICIAL_PARAMS
 from scaling_lab.presets import PRESETS, preset
 from scaling_lab.spec import FUSIONS
+from tests.helpers import TINY
 
-# A detector small enough to run forward and backward in well under a second on a CPU.
-TINY = preset("efficientdet-d0").replace(
-    resolution=128, channels=16, feature_repeats=2, head_repeats=1, num_classes=3,
-    backbone={"width": 0.25, "depth": 0.34, "stem_channels": 8, "resolution": 128},
-)
 
 
 def count_params(model: torch.nn.Module) -> int:

@@ -2,8 +2,6 @@
 for the runner, ``derive`` and the report, and trials that never run twice or get lost."""
 
 import json
-import sys
-from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -18,8 +16,7 @@ from scaling_lab.study.derive import derive_coefficients
 from scaling_lab.study.search_space import config_id
 from scaling_lab.study.winner import WinnerRule, decide_winner
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_study_helpers import fake_trial, write_study  # noqa: E402
+from tests.helpers import fake_trial, write_study
 
 TWO_STEP_GROUPS = [
     {"name": "search", "search_space": {"parameters": {"alpha": {"type": "grid", "values": [1.0, 1.2]}, "beta": {"type": "grid", "values": [1.0, 1.1]}, "gamma": {"type": "derived", "rule": "compound_gamma"}, "phi": 1}}},

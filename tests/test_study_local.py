@@ -1,5 +1,4 @@
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,8 +16,7 @@ from scaling_lab.files import read_parquet
 from scaling_lab.study import load_study, run_dir_for, run_study
 from scaling_lab.study.derive import derive_coefficients
 from scaling_lab.trial import trial_function_problems
-sys.path.insert(0, str(Path(__file__).parent))
-from test_study_helpers import fake_trial, write_study  # noqa: E402
+from tests.helpers import fake_trial, subprocess_env, write_study
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT_COLUMNS = [
@@ -163,9 +161,8 @@ def test_compound_derivation_cpu_profile(tmp_path, cli_main, capsys, monkeypatch
 
 RUNNER_SCRIPT = """
 import sys
-sys.path.insert(0, {tests!r})
 from scaling_lab.study import load_study, run_study
-from test_study_helpers import fake_trial
+from tests.helpers import fake_trial
 run_study(load_study({path!r}), trial_function=fake_trial, out=None)
 """
 
@@ -173,8 +170,8 @@ run_study(load_study({path!r}), trial_function=fake_trial, out=None)
 def test_sigkill_mid_study_then_resume(tmp_path):
     path = write_study(tmp_path, task={"synthetic": {"train_images": 16}, "epochs": 2})
     config = load_study(path)
-    env = {**os.environ, "FAKE_TRIAL_SLEEP": "0.4"}
-    script = RUNNER_SCRIPT.format(tests=str(Path(__file__).parent), path=str(path))
+    env = subprocess_env(FAKE_TRIAL_SLEEP="0.4")
+    script = RUNNER_SCRIPT.format(path=str(path))
     process = subprocess.Popen([sys.executable, "-c", script], env=env)
     try:
         deadline = time.time() + 120

@@ -2,17 +2,14 @@
 postgresql+psycopg2://postgres@localhost:5432/scaling_lab_test."""
 
 import os
-import sys
 import uuid
-from pathlib import Path
 
 import optuna
 import pytest
 
 from scaling_lab.study import load_study, run_study
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_study_helpers import fake_trial, write_study  # noqa: E402
+from tests.helpers import fake_trial, write_study
 
 POSTGRES_URL = os.environ.get("SCALING_LAB_TEST_POSTGRES_URL")
 

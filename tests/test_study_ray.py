@@ -1,6 +1,4 @@
 import io
-import sys
-from pathlib import Path
 
 import optuna
 import pytest
@@ -8,9 +6,8 @@ from ray import cloudpickle
 
 from scaling_lab.study import load_study, run_study
 
-sys.path.insert(0, str(Path(__file__).parent))
-import test_study_helpers  # noqa: E402
-from test_study_helpers import fake_trial, write_study  # noqa: E402
+from tests import helpers
+from tests.helpers import fake_trial, write_study
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +16,7 @@ def two_node_cluster():
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
-    cloudpickle.register_pickle_by_value(test_study_helpers)  # workers need not import tests/
+    cloudpickle.register_pickle_by_value(helpers)  # workers need not import tests/
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
@@ -71,7 +68,7 @@ def test_a_trial_whose_worker_dies_is_interrupted_and_runs_again(tmp_path, two_n
     trial is recorded as interrupted, the run stops with exit 2's error, and the next run trains it."""
     from scaling_lab.errors import MachineFault
     from scaling_lab.study.results import is_interrupted
-    from test_study_helpers import dying_trial
+    from tests.helpers import dying_trial
 
     path = write_study(tmp_path, search_space={"parameters": {"feature_network": ["fpn", "panet"]}}, repeats=1)
     config = load_study(path)

@@ -16,8 +16,7 @@ import pytest
 
 from scaling_lab.study import load_study
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_study_helpers import write_study  # noqa: E402
+from tests.helpers import subprocess_env, write_study
 
 POSTGRES_URL = os.environ.get("SCALING_LAB_TEST_POSTGRES_URL")
 _STORAGES: list = []
@@ -25,13 +24,12 @@ pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason="SCALING_LAB_TEST_POSTG
 
 WORKER = """
 import sys
-sys.path.insert(0, {tests!r})
 from scaling_lab.study import load_study, run_study
-import test_study_helpers
-from test_study_helpers import fake_trial
+from tests import helpers
+from tests.helpers import fake_trial
 if {ray!r}:
     from ray import cloudpickle
-    cloudpickle.register_pickle_by_value(test_study_helpers)
+    cloudpickle.register_pickle_by_value(helpers)
 run_study(load_study({path!r}, run_dir={run_dir!r}), backend={backend!r}, trial_function=fake_trial, out=None)
 """
 GROUPS = [
@@ -48,11 +46,10 @@ def _study(tmp_path: Path) -> Path:
 
 
 def _worker(path: Path, run_dir: Path, backend: str = "local", sleep: float = 0.3) -> subprocess.Popen:
-    env = {
-        **os.environ, "FAKE_TRIAL_SLEEP": str(sleep), "SCALING_LAB_HEARTBEAT_INTERVAL": "1", "SCALING_LAB_HEARTBEAT_GRACE": "4",
-        "RAY_AUTH_MODE": "disabled",
-    }
-    script = WORKER.format(tests=str(Path(__file__).parent), path=str(path), run_dir=str(run_dir), backend=backend, ray=backend == "ray")
+    env = subprocess_env(
+        FAKE_TRIAL_SLEEP=str(sleep), SCALING_LAB_HEARTBEAT_INTERVAL="1", SCALING_LAB_HEARTBEAT_GRACE="4", RAY_AUTH_MODE="disabled"
+    )
+    script = WORKER.format(path=str(path), run_dir=str(run_dir), backend=backend, ray=backend == "ray")
     return subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
 
 

@@ -14,7 +14,6 @@ import torch
 from scaling_lab.data import DetectionLoader, make_synthetic_coco, synthetic_dataset
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.models import build_model
-from scaling_lab.spec import BackboneSpec, DetectorSpec
 from scaling_lab.stats import percentile_interval
 from scaling_lab.train import (
     anchors_for_spec,
@@ -35,24 +34,9 @@ from scaling_lab.train import commands, trainer
 from scaling_lab.train.anchors import IGNORED, NEGATIVE, AnchorTargets
 from scaling_lab.train.evaluate import detection_results, topk_correct
 from scaling_lab.trial import Budget, Task
+from tests.helpers import TINY_BACKBONE, TINY_DETECTOR, TINY_SCENES, tiny_task
 
-TINY_BACKBONE = BackboneSpec(width=0.25, depth=0.34)
-TINY_DETECTOR = DetectorSpec(
-    backbone=TINY_BACKBONE, resolution=64, min_level=3, max_level=5, channels=16, feature_repeats=1, head_repeats=1, num_classes=6
-)
-TINY_SCENES = dict(train_images=8, val_images=4, image_size=64, min_object_size=12.0, max_object_size=48.0, max_objects=3, clutter=0.3)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def cache_in_tmp(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SCALING_LAB_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
-
-
-def tiny_task(**changes) -> Task:
-    fields = dict(synthetic=tuple(sorted(TINY_SCENES.items())), batch_size=4, lr=0.02, latency=False)
-    return Task(**{**fields, **changes})
+pytestmark = pytest.mark.usefixtures("cache_in_tmp")
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,29 +13,25 @@ from scaling_lab.cli import main
 from scaling_lab.models import build_model
 from scaling_lab.models.weights import WeightsError, load_init, load_state, reference_keys, save_weights, to_reference
 from scaling_lab.presets import preset
-from scaling_lab.spec import BackboneSpec, DetectorSpec
 from scaling_lab.train import run_trial
 from scaling_lab.train.finetune import parameter_groups
 from scaling_lab.train.scoring import evaluate_spec
 from scaling_lab.train.trainer import CHECKPOINT_NAME
 from scaling_lab.trial import Budget, Task
+from tests.helpers import TINY_BACKBONE, TINY_DETECTOR, TINY_SCENES, tiny_task
 
-TINY_BACKBONE = BackboneSpec(width=0.25, depth=0.34, resolution=64, num_classes=5)
-TINY_DETECTOR = DetectorSpec(
-    backbone=TINY_BACKBONE, resolution=64, min_level=3, max_level=5, channels=16, feature_repeats=1, head_repeats=1, num_classes=6
-)
-TINY_SCENES = dict(train_images=8, val_images=6, image_size=64, min_object_size=12.0, max_object_size=48.0, max_objects=3, clutter=0.3)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def cache_in_tmp(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SCALING_LAB_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
+# A classifier with its own head (5 classes at 64 px) whose backbone fills the tiny detector's,
+# and six validation scenes.
+CLASSIFIER = TINY_BACKBONE.replace(resolution=64, num_classes=5)
+DETECTOR = TINY_DETECTOR.replace(backbone=CLASSIFIER.to_dict())
+SCENES = {**TINY_SCENES, "val_images": 6}
 
 
-def tiny_task(**changes) -> Task:
-    return Task(**{**dict(synthetic=tuple(sorted(TINY_SCENES.items())), batch_size=4, lr=0.02, latency=False), **changes})
+pytestmark = pytest.mark.usefixtures("cache_in_tmp")
+
+
+def scenes_task(**changes) -> Task:
+    return tiny_task(SCENES, **changes)
 
 
 def randomized(spec, seed: int = 0):
@@ -56,7 +52,7 @@ def same_tensors(a: dict, b: dict, skip: str = "\0") -> bool:
 # Loading and saving
 
 
-@pytest.mark.parametrize("spec", [TINY_DETECTOR, TINY_DETECTOR.replace(feature_network="panet", separable=False), TINY_BACKBONE])
+@pytest.mark.parametrize("spec", [DETECTOR, DETECTOR.replace(feature_network="panet", separable=False), CLASSIFIER])
 def test_weights_round_trip_through_a_file_and_the_reference_layout(tmp_path, spec):
     model = randomized(spec)
     loaded = build_model(spec)
@@ -80,22 +76,22 @@ def test_the_key_map_is_structural_for_every_preset():
 
 
 def test_a_checkpoint_of_another_size_names_the_first_differing_tensor_and_both_shapes(tmp_path):
-    path = save_weights(build_model(TINY_DETECTOR), tmp_path / "d.pt")
-    wider = TINY_DETECTOR.replace(channels=24)
+    path = save_weights(build_model(DETECTOR), tmp_path / "d.pt")
+    wider = DETECTOR.replace(channels=24)
     with pytest.raises(WeightsError) as error:
         load_init(build_model(wider), str(path))
     message = str(error.value)
     assert str(path) in message and "'extra_levels" not in message
     assert "'feature_network.cells.0.nodes.0.resample.0.project.0.weight'" in message and "[16, 32, 1, 1]" in message and "[24, 32, 1, 1]" in message
-    deeper = TINY_DETECTOR.replace(feature_repeats=2)
+    deeper = DETECTOR.replace(feature_repeats=2)
     with pytest.raises(WeightsError, match=r"'feature_network\.cells\.1\.nodes\.0\.weights'.*missing"):
         load_init(build_model(deeper), str(path))
     with pytest.raises(WeightsError, match=r"does not have, the first 'feature_network\.cells\.1\.nodes\.0\.weights'"):
-        load_init(build_model(TINY_DETECTOR), str(save_weights(build_model(deeper), tmp_path / "deeper.pt")))
+        load_init(build_model(DETECTOR), str(save_weights(build_model(deeper), tmp_path / "deeper.pt")))
 
 
 def test_bad_init_sources_are_clear_errors(tmp_path):
-    model = build_model(TINY_BACKBONE)
+    model = build_model(CLASSIFIER)
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     torch.save([1, 2], tmp_path / "list.pt")
     torch.save({"something.weight": torch.zeros(1)}, tmp_path / "foreign.pt")
@@ -108,13 +104,13 @@ def test_bad_init_sources_are_clear_errors(tmp_path):
     with pytest.raises(WeightsError, match="neither a file nor a timm/effdet model name"):
         load_init(model, str(tmp_path / "missing.pt"))
     with pytest.raises(WeightsError, match="detector's weights"):
-        load_init(model, str(save_weights(build_model(TINY_DETECTOR), tmp_path / "det.pt")))
+        load_init(model, str(save_weights(build_model(DETECTOR), tmp_path / "det.pt")))
 
 
 def test_fine_tuning_to_another_class_count_keeps_all_but_the_class_layer(tmp_path):
-    source = randomized(TINY_DETECTOR.replace(num_classes=90))
+    source = randomized(DETECTOR.replace(num_classes=90))
     path = save_weights(source, tmp_path / "coco.pt")
-    model = build_model(TINY_DETECTOR)
+    model = build_model(DETECTOR)
     report = load_init(model, str(path))
     assert report.reinitialized == ["class_head.predict.1"] and "re-initialized" in report.note()
     ours, theirs = model.state_dict(), source.state_dict()
@@ -125,8 +121,8 @@ def test_fine_tuning_to_another_class_count_keeps_all_but_the_class_layer(tmp_pa
 
 
 def test_a_classifier_fills_a_detectors_backbone(tmp_path):
-    classifier = randomized(TINY_BACKBONE)
-    detector = build_model(TINY_DETECTOR)
+    classifier = randomized(CLASSIFIER)
+    detector = build_model(DETECTOR)
     report = load_init(detector, str(save_weights(classifier, tmp_path / "b.pt")))
     assert report.part == "backbone" and "the backbone" in report.note()
     assert same_tensors(detector.backbone.state_dict(), {k: v for k, v in classifier.state_dict().items() if not k.startswith(("head.", "fc."))})
@@ -139,8 +135,8 @@ def test_a_classifier_fills_a_detectors_backbone(tmp_path):
 
 
 def test_backbone_lr_scale_and_frozen_backbone_groups():
-    model = build_model(TINY_DETECTOR)
-    groups = parameter_groups(model, tiny_task(backbone_lr_scale=0.1))
+    model = build_model(DETECTOR)
+    groups = parameter_groups(model, scenes_task(backbone_lr_scale=0.1))
     backbone = {id(p) for p in model.backbone.parameters()}
     for group in groups:
         in_backbone = {id(p) in backbone for p in group["params"]}
@@ -150,17 +146,17 @@ def test_backbone_lr_scale_and_frozen_backbone_groups():
 
 @pytest.mark.slow  # ~15 s of CPU
 def test_a_frozen_backbone_trains_only_the_rest(tmp_path):
-    classifier = randomized(TINY_BACKBONE)
+    classifier = randomized(CLASSIFIER)
     path = save_weights(classifier, tmp_path / "backbone.pt")
-    task = tiny_task(init=str(path), freeze_backbone=True)
-    run_trial(TINY_DETECTOR, task, Budget(epochs=1), checkpoint_dir=tmp_path / "run")
+    task = scenes_task(init=str(path), freeze_backbone=True)
+    run_trial(DETECTOR, task, Budget(epochs=1), checkpoint_dir=tmp_path / "run")
     trained = torch.load(tmp_path / "run" / CHECKPOINT_NAME, weights_only=True)["model"]
     backbone = {key[len("backbone.") :]: value for key, value in trained.items() if key.startswith("backbone.")}
     assert same_tensors(backbone, classifier.state_dict())  # weights and batch-norm statistics as loaded
-    fresh = build_model(TINY_DETECTOR).state_dict()
+    fresh = build_model(DETECTOR).state_dict()
     assert not torch.equal(trained["class_head.predict.1.weight"], fresh["class_head.predict.1.weight"])
-    bn_only = tiny_task(init=str(path), freeze_backbone_bn=True)
-    run_trial(TINY_DETECTOR, bn_only, Budget(epochs=1), checkpoint_dir=tmp_path / "bn")
+    bn_only = scenes_task(init=str(path), freeze_backbone_bn=True)
+    run_trial(DETECTOR, bn_only, Budget(epochs=1), checkpoint_dir=tmp_path / "bn")
     trained = torch.load(tmp_path / "bn" / CHECKPOINT_NAME, weights_only=True)["model"]
     assert torch.equal(trained["backbone.stem.1.running_mean"], classifier.state_dict()["stem.1.running_mean"])
     assert torch.equal(trained["backbone.stem.1.weight"], classifier.state_dict()["stem.1.weight"])
@@ -173,14 +169,14 @@ def test_a_frozen_backbone_trains_only_the_rest(tmp_path):
 
 @pytest.mark.slow  # ~35 s of CPU (2 epochs, then the default synthetic val set is generated for the CLI)
 def test_evaluate_scores_a_trials_checkpoint_as_the_trial_reported(tmp_path, capsys):
-    task = tiny_task(ema=0.9)
-    result = run_trial(TINY_DETECTOR, task, Budget(epochs=2), checkpoint_dir=tmp_path)
+    task = scenes_task(ema=0.9)
+    result = run_trial(DETECTOR, task, Budget(epochs=2), checkpoint_dir=tmp_path)
     assert result.metrics["AP"] > 0
     checkpoint = str(tmp_path / CHECKPOINT_NAME)
-    scored = evaluate_spec(TINY_DETECTOR, tiny_task(init=checkpoint))
+    scored = evaluate_spec(DETECTOR, scenes_task(init=checkpoint))
     assert scored["metrics"] == pytest.approx(result.metrics, nan_ok=True)
     spec_file = tmp_path / "tiny.yaml"
-    spec_file.write_text(TINY_DETECTOR.to_yaml())
+    spec_file.write_text(DETECTOR.to_yaml())
     capsys.readouterr()
     assert main(["evaluate", str(spec_file), "--init", checkpoint, "--batch-size", "4", "--max-val-images", "4", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
@@ -190,27 +186,27 @@ def test_evaluate_scores_a_trials_checkpoint_as_the_trial_reported(tmp_path, cap
 def test_evaluate_without_weights_or_with_the_wrong_classes_is_a_clear_error(tmp_path, capsys):
     assert main(["evaluate", "efficientdet-d0", "--data", "synthetic"]) == 2
     assert "evaluate needs weights: give --init" in capsys.readouterr().err
-    path = save_weights(build_model(TINY_DETECTOR.replace(num_classes=90)), tmp_path / "coco.pt")
+    path = save_weights(build_model(DETECTOR.replace(num_classes=90)), tmp_path / "coco.pt")
     with pytest.raises(Exception, match="another class count"):
-        evaluate_spec(TINY_DETECTOR, tiny_task(init=str(path)))
+        evaluate_spec(DETECTOR, scenes_task(init=str(path)))
 
 
 def test_measure_with_init_checks_the_weights_fit(tmp_path, capsys):
-    path = save_weights(build_model(TINY_DETECTOR), tmp_path / "d.pt")
+    path = save_weights(build_model(DETECTOR), tmp_path / "d.pt")
     spec_file = tmp_path / "wide.yaml"
-    spec_file.write_text(TINY_DETECTOR.replace(channels=24).to_yaml())
+    spec_file.write_text(DETECTOR.replace(channels=24).to_yaml())
     assert main(["measure", str(spec_file), "--init", str(path), "--latency", "--json"]) == 2
     assert "the first tensor that differs" in capsys.readouterr().err
-    spec_file.write_text(TINY_DETECTOR.to_yaml())
+    spec_file.write_text(DETECTOR.to_yaml())
     assert main(["measure", str(spec_file), "--init", str(path), "--latency", "--batch-size", "1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["spec"]["init"] == str(path) and out["latency"]["batch1"]["median_ms"] > 0
 
 
 def test_effdet_layout_weights_in_a_spec_off_the_reference_recipe_say_so():
-    reference = to_reference(build_model(TINY_DETECTOR))
-    assert "warning" not in load_state(build_model(TINY_DETECTOR), reference).note()
-    other = TINY_DETECTOR.replace(padding="symmetric", aspect_ratios=[1.0, 2.0, 0.5])
+    reference = to_reference(build_model(DETECTOR))
+    assert "warning" not in load_state(build_model(DETECTOR), reference).note()
+    other = DETECTOR.replace(padding="symmetric", aspect_ratios=[1.0, 2.0, 0.5])
     note = load_state(build_model(other), reference, "tf_efficientdet_d0.pth").note()
     assert "warning: effdet's tf_ weights were trained with padding 'same'" in note
     assert "this spec has padding 'symmetric' and aspect_ratios [1.0, 2.0, 0.5]" in note

@@ -1,5 +1,5 @@
-"""Shared pieces of the study tests: a fast deterministic stand-in for the trainer and tiny
-study files. (No tests here.)"""
+"""What the tests share, in one place: tiny specs, tasks and study files, a fast deterministic
+stand-in for the trainer, and the environment a test's subprocess needs. (No tests here.)"""
 
 from __future__ import annotations
 
@@ -9,8 +9,38 @@ from pathlib import Path
 
 import yaml
 
-from scaling_lab.trial import TrialResult
+from scaling_lab.presets import preset
+from scaling_lab.spec import BackboneSpec, DetectorSpec
+from scaling_lab.trial import Task, TrialResult
 
+ROOT = Path(__file__).resolve().parents[1]
+
+# A detector small enough to run forward and backward in well under a second on a CPU.
+TINY = preset("efficientdet-d0").replace(
+    resolution=128, channels=16, feature_repeats=2, head_repeats=1, num_classes=3,
+    backbone={"width": 0.25, "depth": 0.34, "stem_channels": 8, "resolution": 128},
+)
+
+# The trainer's tests: a detector at 64 px on eight synthetic scenes.
+TINY_BACKBONE = BackboneSpec(width=0.25, depth=0.34)
+TINY_DETECTOR = DetectorSpec(
+    backbone=TINY_BACKBONE, resolution=64, min_level=3, max_level=5, channels=16, feature_repeats=1, head_repeats=1, num_classes=6
+)
+TINY_SCENES = dict(train_images=8, val_images=4, image_size=64, min_object_size=12.0, max_object_size=48.0, max_objects=3, clutter=0.3)
+
+
+def tiny_task(scenes: dict = TINY_SCENES, **changes) -> Task:
+    """A detection task on ``scenes`` (synthetic knobs) at batch 4."""
+    fields = dict(synthetic=tuple(sorted(scenes.items())), batch_size=4, lr=0.02, latency=False)
+    return Task(**{**fields, **changes})
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a test's Python subprocess: this checkout importable (``tests.helpers``)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+# The base spec of the study tests' tiny studies (a study file's ``base`` mapping).
 TINY_BASE = {
     "base": "efficientdet-d0",
     "backbone": {"width": 0.25, "depth": 0.25},
