@@ -69,7 +69,7 @@ class Task:
     with the dataset's (and the trial says so in its notes) instead of being an error.
     ``latency`` times the model at batch 1 on the trial's device after training (a standalone
     run, which has the device to itself); studies turn it off, since their trials may share a
-    device, and time each spec alone from the driver (``scaling_lab.measure.measure_latency``).
+    device, and time each spec alone from the driver (``scaling_lab.latency.measure_latency``).
     ``labels`` numbers a COCO-format dataset's classes: ``contiguous`` (0..K-1) or
     ``category_ids`` (category id - 1: COCO's 90 classes, as the official and effdet COCO
     weights have them). ``bad_data``: an image that is missing, undecodable, truncated, a

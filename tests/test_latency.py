@@ -8,23 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from scaling_lab import latency as latency_module
 from scaling_lab import measure as measure_module
-from scaling_lab.measure import (
-    LATENCY_ATTEMPTS,
-    LATENCY_RUNS,
-    LATENCY_WARMUP,
-    Latency,
-    Timing,
-    counted_sources,
-    measure,
-    measure_latency,
-    source_fingerprint,
-    time_repeated,
-)
+from scaling_lab import measure_cache
+from scaling_lab.latency import LATENCY_ATTEMPTS, LATENCY_RUNS, LATENCY_WARMUP, Latency, Timing, measure_latency, time_repeated
+from scaling_lab.measure import measure
+from scaling_lab.measure_cache import counted_sources, source_fingerprint
 from scaling_lab.study import load_study, run_study
-from tests.helpers import TINY
-
-from tests.helpers import fake_trial, write_study
+from tests.helpers import TINY, fake_trial, write_study
 
 
 class FakeDevice:
@@ -101,21 +92,21 @@ def test_measure_latency_caches_stable_timings_per_device_batch_and_dtype(monkey
         calls.append((batch_size, dtype))
         return _fake_latency()
 
-    monkeypatch.setattr(measure_module, "time_latency", fake_time_latency)
+    monkeypatch.setattr(latency_module, "time_latency", fake_time_latency)
     spec = TINY.replace(channels=40)
     first = measure_latency(spec, device="cpu")
     assert measure_latency(spec, device="cpu") == first and calls == [(1, "float32")]
     measure_latency(spec, batch_size=4, device="cpu")
     measure_latency(spec, device="cpu", dtype="bfloat16")
     assert calls == [(1, "float32"), (4, "float32"), (1, "bfloat16")]
-    monkeypatch.setattr(measure_module, "_device_name", lambda device: "another-device")
+    monkeypatch.setattr(latency_module, "_device_name", lambda device: "another-device")
     measure_latency(spec, device="cpu")
     assert len(calls) == 4
 
 
 def test_an_unstable_latency_is_not_cached_so_the_next_call_times_again(monkeypatch):
     results = iter([_fake_latency(stable=False), _fake_latency(stable=True, median=6.0)])
-    monkeypatch.setattr(measure_module, "time_latency", lambda *args: next(results))
+    monkeypatch.setattr(latency_module, "time_latency", lambda *args: next(results))
     spec = TINY.replace(channels=48)
     assert measure_latency(spec, device="cpu").batch1_ms is None
     assert measure_latency(spec, device="cpu").batch1_ms == 6.0
@@ -132,7 +123,7 @@ def test_two_timings_on_one_device_never_overlap(monkeypatch):
         active.remove(spec)
         return _fake_latency()
 
-    monkeypatch.setattr(measure_module, "time_latency", fake_time_latency)
+    monkeypatch.setattr(latency_module, "time_latency", fake_time_latency)
     threads = [threading.Thread(target=measure_latency, args=(TINY.replace(channels=c),), kwargs={"device": "cpu"}) for c in (56, 64, 72)]
     for thread in threads:
         thread.start()
@@ -143,7 +134,7 @@ def test_two_timings_on_one_device_never_overlap(monkeypatch):
 
 def test_study_trials_never_time_and_the_driver_times_each_spec_alone(tmp_path, monkeypatch):
     timed, tasks = [], []
-    monkeypatch.setattr(measure_module, "measure_latency", lambda spec, *args, **kwargs: timed.append(spec.spec_hash) or _fake_latency(median=7.0))
+    monkeypatch.setattr(latency_module, "measure_latency", lambda spec, *args, **kwargs: timed.append(spec.spec_hash) or _fake_latency(median=7.0))
 
     def trial(spec, task, budget, **kwargs):
         tasks.append(task)
@@ -160,7 +151,7 @@ def test_study_trials_never_time_and_the_driver_times_each_spec_alone(tmp_path, 
 
 
 def test_an_unstable_latency_objective_fails_the_trial_before_it_trains(tmp_path, monkeypatch):
-    monkeypatch.setattr(measure_module, "measure_latency", lambda spec, *args, **kwargs: _fake_latency(stable=False))
+    monkeypatch.setattr(latency_module, "measure_latency", lambda spec, *args, **kwargs: _fake_latency(stable=False))
     trained = []
     path = write_study(
         tmp_path, search_space={"parameters": {"channels": {"type": "grid", "values": [16]}}},
@@ -178,7 +169,7 @@ def test_the_cache_key_changes_with_the_counting_source_and_a_stale_entry_is_not
     spec = TINY.replace(channels=32)
     cached = measure(spec)
     assert measure(spec) == cached
-    monkeypatch.setattr(measure_module, "source_fingerprint", lambda: "edited0000000000")
+    monkeypatch.setattr(measure_cache, "source_fingerprint", lambda: "edited0000000000")
     recounted = dict(measure_module.count(spec), params=cached.params + 1)  # what the edited code counts
     monkeypatch.setattr(measure_module, "count", lambda spec: recounted)
     assert measure(spec).params == cached.params + 1

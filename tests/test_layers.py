@@ -12,7 +12,7 @@ PACKAGE = Path(scaling_lab.__file__).parent
 # Top-level module or package -> layer; everything else (spec, graphs, scaling, schema, files,
 # errors, stats, ...) is the bottom layer that all may use. Each area's ``commands`` module is the
 # command line, the top layer.
-LAYERS = {"models": 1, "measure": 2, "data": 3, "train": 3, "trial": 3, "study": 4, "laws": 5, "report": 6, "commands": 7, "cli": 7}
+LAYERS = {"models": 1, "measure": 2, "latency": 2, "measure_cache": 2, "data": 3, "train": 3, "trial": 3, "study": 4, "laws": 5, "report": 6, "commands": 7, "cli": 7}
 
 
 def _imports() -> dict[str, set[str]]:

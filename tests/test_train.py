@@ -283,7 +283,7 @@ def test_zero_detections_score_ap_0():
 
 
 def test_detection_trial_returns_metrics_curve_and_measurements(monkeypatch):
-    from scaling_lab.measure import Latency, Timing
+    from scaling_lab.latency import Latency, Timing
 
     timed = []  # a standalone trial times its spec alone after training (the figures are measure's business)
     timing = Timing(3.0, 2.9, 3.1, 2.8, 3.5, 10, 1, True)

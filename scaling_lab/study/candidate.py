@@ -28,7 +28,7 @@ from scaling_lab.study.search_space import InfeasibleCandidate, SearchSpace
 from scaling_lab.trial import Task, TrialFunction
 
 if TYPE_CHECKING:
-    from scaling_lab.measure import Latency
+    from scaling_lab.latency import Latency
 
 # (epoch, metrics, record so far): called after each validation; may raise to stop the trial.
 EpochHook = Callable[[int, Mapping[str, float], dict], None]
@@ -79,9 +79,9 @@ def unchecked_flops_constraint(space: SearchSpace, uncounted: Mapping[str, int])
 
 def latency_alone(spec: Spec, task: Task) -> "Latency":
     """Batch-1 latency on this process's device, in the trial's precision, timed with nothing
-    else running here (``measure.measure_latency``: median with its spread, cached per device,
+    else running here (``latency.measure_latency``: median with its spread, cached per device,
     dtype and batch size; None as a figure when its repeats do not support one)."""
-    from scaling_lab.measure import measure_latency
+    from scaling_lab.latency import measure_latency
 
     dtype = "bfloat16" if task.bf16 and torch.cuda.is_available() else "float32"
     return measure_latency(spec, batch_size=1, dtype=dtype)

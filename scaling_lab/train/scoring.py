@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from scaling_lab.errors import ScalingLabError
-from scaling_lab.measure import resolve_device
+from scaling_lab.latency import resolve_device
 from scaling_lab.models import build_model
 from scaling_lab.models.weights import load_init
 from scaling_lab.spec import BackboneSpec, DetectorSpec, Spec

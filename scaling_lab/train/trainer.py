@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.files import atomic_write
-from scaling_lab.measure import measure, measure_latency, resolve_device
+from scaling_lab.latency import measure_latency, resolve_device
+from scaling_lab.measure import measure
 from scaling_lab.models import build_model
 from scaling_lab.schema import library_versions
 from scaling_lab.spec import BackboneSpec, DetectorSpec, Spec
