@@ -56,7 +56,7 @@ def t_quantile(df: float, level: float = LEVEL) -> float:
     return float(distributions.t.ppf(0.5 + level / 2, df))
 
 
-def _clipped(low: float, high: float, bounds: tuple[float, float] | None) -> tuple[float, float]:
+def clipped(low: float, high: float, bounds: tuple[float, float] | None) -> tuple[float, float]:
     if bounds is None:
         return low, high
     return float(np.clip(low, *bounds)), float(np.clip(high, *bounds))
@@ -127,14 +127,14 @@ def estimate(
         sd = float(data.std(ddof=1))
         se = sd / math.sqrt(n)
         half = t_quantile(n - 1, level) * se
-        return Estimate(mean, sd, n, se, n - 1, *_clipped(mean - half, mean + half, bounds), "seeds")
+        return Estimate(mean, sd, n, se, n - 1, *clipped(mean - half, mean + half, bounds), "seeds")
     if pooled is not None:
         half = t_quantile(pooled.df, level) * pooled.sd
-        return Estimate(mean, math.nan, 1, pooled.sd, pooled.df, *_clipped(mean - half, mean + half, bounds), "pooled seed noise")
+        return Estimate(mean, math.nan, 1, pooled.sd, pooled.df, *clipped(mean - half, mean + half, bounds), "pooled seed noise")
     if bootstrap is not None and all(v is not None and np.isfinite(v) for v in bootstrap):
         low, high = map(float, bootstrap)
         se = (high - low) / (2 * distributions.norm.ppf(0.975))
-        return Estimate(mean, math.nan, 1, se, math.inf, *_clipped(low, high, bounds), "bootstrap (images only)")
+        return Estimate(mean, math.nan, 1, se, math.inf, *clipped(low, high, bounds), "bootstrap (images only)")
     return Estimate(mean, math.nan, 1, math.nan, math.nan, math.nan, math.nan, "none")
 
 

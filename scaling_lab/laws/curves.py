@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from scaling_lab import stats
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.pareto import pareto_front
 from scaling_lab.laws.cells import REPLICATES, Cell, interval, main_metric, resampled_means, seed_df, table_cells, trial_noise_sd
@@ -77,7 +78,7 @@ class CurveFit:
         value = float(self.predict(flops)[0])
         curves = self.form.predict(self.replicate_params, self._x(flops))[:, 0]
         noise = np.random.default_rng(seed).normal(0.0, self.noise_sd if math.isfinite(self.noise_sd) else 0.0, size=curves.shape)
-        low, high = interval(curves + noise, seed_df(self.cells))
+        low, high = stats.clipped(*interval(curves + noise, seed_df(self.cells)), stats.bounds_of(self.metric))
         smallest, largest = self.measured_range
         beyond = flops / largest if flops > largest else smallest / flops if flops < smallest else 1.0
         return Prediction(float(flops), value, float(low), float(high), beyond > 1.0 + 1e-9, float(beyond))

@@ -136,8 +136,8 @@ def recommend(info: Mapping[str, Any], frame: pd.DataFrame, where: str, kind: st
 
 def _measured(cell: Cell, cost_column: str, metric: str) -> Candidate:
     image_se = cell.image_se or math.nan
-    bounds = (cell.mean[0] - Z_95 * image_se, cell.mean[0] + Z_95 * image_se) if cell.image_se else None
-    found = stats.estimate(cell.values[:, 0], bounds)
+    over_images = (cell.mean[0] - Z_95 * image_se, cell.mean[0] + Z_95 * image_se) if cell.image_se else None
+    found = stats.estimate(cell.values[:, 0], over_images, bounds=stats.bounds_of(metric))
     return Candidate(
         source=f"measured configuration {cell.key} (group {cell.group})",
         spec=spec_from_dict(spec_of(cell), f"the recorded spec of configuration {cell.key}"),
