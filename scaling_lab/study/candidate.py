@@ -81,10 +81,10 @@ def latency_alone(spec: Spec, task: Task) -> "Latency":
     """Batch-1 latency on this process's device, in the trial's precision, timed with nothing
     else running here (``measure.measure_latency``: median with its spread, cached per device,
     dtype and batch size; None as a figure when its repeats do not support one)."""
-    from scaling_lab.measure import measure_latency
+    from scaling_lab.measure import measure_latency, resolve_device
+    from scaling_lab.train.precision import precision_for
 
-    dtype = "bfloat16" if task.bf16 and torch.cuda.is_available() else "float32"
-    return measure_latency(spec, batch_size=1, dtype=dtype)
+    return measure_latency(spec, batch_size=1, dtype=precision_for(task, resolve_device(None)).dtype_name)
 
 
 @contextlib.contextmanager

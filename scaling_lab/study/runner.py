@@ -80,7 +80,7 @@ def run_local(session: StudySession) -> None:
 def with_data_classes(config: StudyConfig) -> StudyConfig:
     """The study with its base spec's ``num_classes`` set to the data's: the trainer trains that
     head, so costs are measured (and constraints checked) on the model that is trained."""
-    from scaling_lab.train.trainer import load_datasets
+    from scaling_lab.data.selection import load_datasets
 
     classes = load_datasets(config.task)[0].num_classes
     if config.base.num_classes == classes:
