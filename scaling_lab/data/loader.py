@@ -112,7 +112,7 @@ class BatchLoader(ABC):
         index_batches = [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
         index_batches = index_batches[: len(self)]
         rank, workers = self.shard
-        rows = [torch.arange(rank, len(indices), workers) for indices in index_batches]
+        rows = [torch.arange(len(indices))[rank::workers] for indices in index_batches]
         shares = [(indices[mine], mine, len(indices)) for indices, mine in zip(index_batches, rows) if len(mine)]
         augmentation_generator = seeded_generator(self.seed, epoch, _AUGMENTATION_STREAM)
         store: ImageStore = self.dataset.image_store

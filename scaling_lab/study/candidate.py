@@ -158,11 +158,13 @@ class CandidateRunner:
             on_epoch(epoch, metrics, record)
 
         task = replace(self.config.task, latency=False)
+        workers = self.config.resources.trial_workers
+        data_parallel = {"workers": workers} if workers.count > 1 else {}  # one trial, several Ray Train workers
         try:
             with torch_threads(self.config.resources.cpus):
                 result = self.trial_function(
                     spec, task, self.config.budget, report=report, seed=seed,
-                    checkpoint_dir=self.checkpoint_dir(cid, seed), progress=False,
+                    checkpoint_dir=self.checkpoint_dir(cid, seed), progress=False, **data_parallel,
                 )
         except optuna.TrialPruned:
             return finish("pruned", "stopped early by the pruner")

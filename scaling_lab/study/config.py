@@ -22,7 +22,7 @@ from scaling_lab.schema import COST_COLUMNS, quality_metrics
 from scaling_lab.spec import Spec, deep_merge, spec_from_dict
 from scaling_lab.spec_files import load_spec, parse_overrides, read_yaml
 from scaling_lab.study.search_space import SearchSpace, load_search_space
-from scaling_lab.trial import Budget, Task
+from scaling_lab.trial import Budget, Task, Workers
 
 EXPERIMENTS = ("quickstart", "compound_grid", "fpn_ablation", "fusion_ablation", "pareto", "proxy_findings")
 SAMPLERS = ("grid", "random", "tpe", "nsga2")
@@ -72,11 +72,22 @@ class EarlyStopping:
 @dataclass(frozen=True)
 class Resources:
     """Per-trial resources for the Ray backend; ``gpus: auto`` sizes a fraction of a GPU from
-    the spec's measured activations and parameters (small specs share a GPU)."""
+    the spec's measured activations and parameters (small specs share a GPU).
+
+    ``workers`` above 1 makes each trial data-parallel (either backend): Ray Train runs that
+    many processes with ``cpus_per_worker`` and ``gpus_per_worker`` each, sharing the task's
+    batch (the global batch); ``cpus`` and ``gpus`` are then unused."""
 
     cpus: float = 1.0
     gpus: float | str = 0.0
     gpu_memory_gb: float = 80.0
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+
+    @property
+    def trial_workers(self) -> Workers:
+        return Workers(self.workers, self.cpus_per_worker, self.gpus_per_worker)
 
 
 @dataclass(frozen=True)
@@ -270,7 +281,7 @@ def parse_study(
     if early_stopping.type != "none" and len(objectives) > 1:
         raise _fail(where, "early_stopping.type: early stopping needs a single objective (Optuna cannot prune multi-objective studies); use none")
 
-    resources_raw = _mapping(where, "resources", data.get("resources"), ("cpus", "gpus", "gpu_memory_gb"))
+    resources_raw = _mapping(where, "resources", data.get("resources"), tuple(f.name for f in fields(Resources)))
     resources = Resources(**resources_raw)
     if not isinstance(resources.cpus, (int, float)) or isinstance(resources.cpus, bool) or resources.cpus <= 0:
         raise _fail(where, f"resources.cpus: expected a positive number, got {resources.cpus!r}")
@@ -278,6 +289,14 @@ def parse_study(
         raise _fail(where, f"resources.gpus: expected a number of at least 0 (0.25 shares a GPU by four) or auto, got {resources.gpus!r}")
     if not isinstance(resources.gpu_memory_gb, (int, float)) or isinstance(resources.gpu_memory_gb, bool) or resources.gpu_memory_gb <= 0:
         raise _fail(where, f"resources.gpu_memory_gb: expected a positive number, got {resources.gpu_memory_gb!r}")
+    try:
+        resources.trial_workers
+    except ScalingLabError as exc:
+        raise _fail(where, f"resources.{exc}") from None
+    if resources.workers > 1 and resources.gpus == "auto":
+        raise _fail(where, "resources.gpus: auto shares a GPU among one-process trials; a trial of several workers takes gpus_per_worker")
+    if resources.workers > 1 and task.batch_size % resources.workers:
+        raise _fail(where, f"resources.workers: the task's batch_size {task.batch_size} is the global batch; it must split evenly among {resources.workers} workers")
 
     repeats = _integer(where, "repeats", data.get("repeats", 1), 1)
     backend = _choice(where, "backend", data.get("backend", "local"), BACKENDS)

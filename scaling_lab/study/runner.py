@@ -11,6 +11,7 @@ Several workers may run one study on a shared database; see ``session`` for what
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import sys
 from dataclasses import replace
@@ -113,6 +114,11 @@ def run_study(
         raise ScalingLabError(
             f"trial_function {getattr(trial_function, '__name__', trial_function)!r}: {'; '.join(problems)}; "
             "it must take the parameters of scaling_lab.trial.TrialFunction"
+        )
+    if config.resources.workers > 1 and trial_function is not None and "workers" not in inspect.signature(trial_function).parameters:
+        raise ScalingLabError(
+            f"resources.workers {config.resources.workers}: trial_function {getattr(trial_function, '__name__', trial_function)!r} "
+            "takes no parameter 'workers'; data-parallel trials need scaling_lab.train.run_trial (or a function with its workers parameter)"
         )
     config = with_data_classes(config)
     previous_verbosity = optuna.logging.get_verbosity()

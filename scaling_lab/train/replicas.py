@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_functional
 from torch import nn
 
 T = TypeVar("T")
@@ -75,7 +74,7 @@ class Replicas:
             return model
         device_ids = [model_device.index] if (model_device := next(model.parameters()).device).type == "cuda" else None
         # Batch norms are synchronized, so their buffers agree without broadcasting them.
-        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
 
 
 ONE_PROCESS = Replicas()
@@ -93,7 +92,7 @@ class CrossWorkerBatchNorm(nn.BatchNorm2d):
         values = input.float()
         count = torch.tensor([values.numel() / values.shape[1]], dtype=torch.float32, device=values.device)
         sums = torch.cat([values.sum(dim=(0, 2, 3)), (values * values).sum(dim=(0, 2, 3)), count])
-        sums = dist_functional.all_reduce(sums)
+        sums = _SumOverWorkers.apply(sums)
         channels = values.shape[1]
         total = sums[-1]
         mean = sums[:channels] / total
@@ -109,6 +108,22 @@ class CrossWorkerBatchNorm(nn.BatchNorm2d):
         if self.affine:
             normalized = normalized * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
         return normalized.to(input.dtype)
+
+
+class _SumOverWorkers(torch.autograd.Function):
+    """All-reduce (sum) whose gradient is the sum of every worker's gradient of its output."""
+
+    @staticmethod
+    def forward(context, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(context, gradient: torch.Tensor) -> torch.Tensor:
+        total = gradient.clone()
+        dist.all_reduce(total)
+        return total
 
 
 def _convert_to_cross_worker(module: nn.Module) -> nn.Module:
