@@ -8,6 +8,10 @@ Optuna study is the same whichever backend ran it. ASHA / HyperBand / median sto
 scheduler. Each trial asks for the study's CPUs and GPUs, or with ``gpus: auto`` a fraction of a
 GPU sized from its spec's measured activations and parameters.
 
+A data-parallel trial (``resources.workers`` above 1) is one Tune trial that starts its own Ray
+Train workers (``scaling_lab.train.distributed``); it reserves next to nothing itself, and Tune
+runs no more such trials at once than the cluster holds all the workers of (``concurrent_trials``).
+
 Trials that share a device do not time latency; when the study needs it, the driver times each
 finished candidate alone once the group's trials have stopped, then tells Optuna the outcome.
 """
