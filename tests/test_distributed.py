@@ -161,19 +161,40 @@ def test_a_rank_failing_mid_epoch_ends_the_trial_with_its_reason_without_a_hang(
     assert time.monotonic() - started < FAILURE_TIMEOUT_S
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("backend", ["local", "ray"])
-def test_a_study_of_two_worker_trials_records_each_as_one_trial(local_ray, tmp_path, backend):
-    path = write_study(
+def two_worker_study(tmp_path, channels: list[int], epochs: int = 1, **changes):
+    return load_study(write_study(
         tmp_path,
-        base={**DETECTOR.to_dict(), "num_classes": 6},
-        search_space={"parameters": {"feature_network": ["fpn"]}},
-        task={"synthetic": SCENES, "batch_size": 8, "lr": 0.02, "epochs": 1, "latency": False},
+        base=DETECTOR.to_dict(),
+        search_space={"parameters": {"channels": channels}},
+        task={"synthetic": SCENES, "batch_size": 8, "lr": 0.02, "epochs": epochs, "latency": False},
         resources={"workers": 2},
         repeats=1,
-    )
-    config = load_study(path)
-    frame = run_study(config, backend=backend, out=None)
+        **changes,
+    ))
+
+
+@pytest.mark.slow
+def test_a_local_study_of_two_worker_trials_records_each_as_one_trial(local_ray, tmp_path):
+    config = two_worker_study(tmp_path, [16])
+    frame = run_study(config, backend="local", out=None)
     assert frame["state"].tolist() == ["complete"], frame["error"].tolist()
     trials = optuna.load_study(study_name="tiny", storage=config.storage_url).trials
     assert len(trials) == 1 and trials[0].state == optuna.trial.TrialState.COMPLETE
+
+
+@pytest.mark.slow
+def test_a_ray_study_stops_two_worker_trials_by_asha_and_releases_their_workers(local_ray, tmp_path):
+    """Tune ends a stopped trial's process without waiting for its Ray Train workers; their
+    placement group is released all the same (else the next trials would wait for ever)."""
+    import ray
+
+    config = two_worker_study(
+        tmp_path, [24, 8], epochs=2, early_stopping={"type": "asha", "min_epochs": 1, "reduction_factor": 2},
+    )
+    frame = run_study(config, backend="ray", out=None)
+    assert frame["state"].tolist() == ["complete", "pruned"], frame["error"].tolist()
+    assert len(optuna.load_study(study_name="tiny", storage=config.storage_url).trials) == 2
+    deadline = time.monotonic() + 10
+    while ray.available_resources().get("CPU", 0) < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) == 3

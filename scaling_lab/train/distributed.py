@@ -60,11 +60,14 @@ def ensure_ray(workers: Workers) -> None:
 def _worker_loop(config: dict[str, Any]) -> None:
     """One worker of the trial (in a Ray Train worker process, its process group initialized)."""
     import ray.train.torch
+    import ray.util
 
     replicas = Replicas.of_process_group()
     device = ray.train.torch.get_device() if config["gpus_per_worker"] else torch.device("cpu")
     torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
     metrics, decisions = config["metrics"], config["decisions"]
+    if replicas.is_main:
+        metrics.put(("placed", ray.util.get_current_placement_group()))
 
     def report(epoch: int, values: dict[str, float]) -> None:
         decision = None
@@ -85,6 +88,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
 def run_on_workers(train: Callable[..., Any], arguments: dict[str, Any], workers: Workers, report: ReportCallback | None) -> Any:
     """Run ``train(report=..., device=..., replicas=..., **arguments)`` on ``workers`` through Ray
     Train and return rank 0's result; ``report`` runs here, between the workers' epochs."""
+    import ray.util
     from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Empty, Queue
@@ -116,12 +120,15 @@ def run_on_workers(train: Callable[..., Any], arguments: dict[str, Any], workers
 
     fitting = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
     fitting.start()
-    trained, stopped_by = None, None
+    trained, stopped_by, placement = None, None, None
     try:
         while fitting.is_alive() or not metrics.empty():
             try:
                 message = metrics.get(timeout=_POLL_S)
             except Empty:
+                continue
+            if message[0] == "placed":
+                placement = message[1]
                 continue
             if message[0] == "trained":
                 trained = message[1]
@@ -130,8 +137,15 @@ def run_on_workers(train: Callable[..., Any], arguments: dict[str, Any], workers
             try:
                 if report is not None:
                     report(epoch, values)
-            except BaseException as reason:  # noqa: BLE001 - pruned, or stopped by Tune: every rank stops, then it propagates
+            except Exception as reason:  # noqa: BLE001 - pruned: every rank stops, then it propagates
                 stopped_by = reason
+            except BaseException:
+                # Ray Tune stops a trial by ending its process (SystemExit here) at once: the Ray
+                # Train controller dies with it, and its workers' placement group would hold their
+                # CPUs and GPUs until the study ends. Released first thing, it ends the workers.
+                if placement is not None:
+                    ray.util.remove_placement_group(placement)
+                raise
             decisions.put(_STOP if stopped_by is not None else _GO)
         fitting.join()
     finally:
