@@ -54,8 +54,9 @@ def main() -> None:
         workers = Workers(count, cpus_per_worker=max(1, cores // count), gpus_per_worker=args.gpus_per_worker)
         if count == 1:
             torch.set_num_threads(max(1, cores))
-        started, reported = time.perf_counter(), []
-        result = run_trial(spec, task, budget, device=args.device, workers=workers, report=lambda epoch, metrics: reported.append(time.perf_counter()))
+        reported: list[float] = []
+        started = time.perf_counter()
+        result = run_trial(spec, task, budget, device=args.device, workers=workers, report=lambda *_, times=reported: times.append(time.perf_counter()))
         images_per_s = args.images * args.epochs / (reported[-1] - started)
         print(f"  {count} worker(s)  {images_per_s:8.2f} images/s   final train loss {result.curve[-1]['train_loss']:.5f}")
     ray.shutdown()

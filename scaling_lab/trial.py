@@ -174,6 +174,18 @@ class Workers:
             raise ScalingLabError(f"gpus_per_worker {self.gpus_per_worker!r}: expected a number of at least 0")
 
 
+def batch_split_problem(batch_size: int, workers: int, images: int | None = None) -> str | None:
+    """Why a global batch cannot be shared out evenly among data-parallel workers (over
+    ``images`` training images, when known), or None."""
+    if workers == 1 or (batch_size % workers == 0 and (images is None or images >= batch_size)):
+        return None
+    over = f" over {images} training images" if images is not None else ""
+    return (
+        f"the global batch of {batch_size} cannot be split evenly among {workers} workers{over}; use a batch size that is "
+        f"a multiple of {workers}{' and at most the number of training images' if images is not None else ''}"
+    )
+
+
 @dataclass
 class TrialResult:
     """What a finished trial returns; one row of a study's results table comes from it.

@@ -67,8 +67,10 @@ def test_validation_shards_hold_every_image_once_even_when_the_last_batch_is_sho
 
 def test_a_global_batch_that_does_not_split_evenly_is_a_clear_error():
     dataset = synthetic_dataset("train", **SCENES)
-    with pytest.raises(ScalingLabError, match="global batch of 6 cannot be split evenly among 4 workers"):
+    with pytest.raises(ScalingLabError, match="global batch of 6 cannot be split evenly among 4 workers over 8 training images"):
         DetectionLoader(dataset, 64, 6, train=True, shard=(0, 4))
+    with pytest.raises(ScalingLabError, match="global batch of 6 cannot be split evenly among 4 workers; use a batch size that is a multiple of 4"):
+        trainer.run_trial(DETECTOR, tiny_task(batch_size=6), Budget(epochs=1), workers=Workers(4))  # before any worker starts
 
 
 def test_workers_are_a_resource_not_part_of_the_study_definition(tmp_path):
@@ -77,7 +79,7 @@ def test_workers_are_a_resource_not_part_of_the_study_definition(tmp_path):
     assert four.resources.trial_workers == Workers(4, 2, 1) and definition(one) == definition(four)
     for resources, words in [
         ({"workers": 0}, "resources.workers 0: expected a whole number of at least 1"),
-        ({"workers": 3}, "batch_size 8 is the global batch; it must split evenly among 3 workers"),
+        ({"workers": 3}, "task batch_size is the global batch: the global batch of 8 cannot be split evenly among 3 workers"),
         ({"workers": 2, "gpus": "auto"}, "gpus_per_worker"),
         ({"workers": 2, "cpus_per_worker": 0}, "cpus_per_worker 0: expected a positive number"),
     ]:

@@ -31,6 +31,7 @@ from scaling_lab.data.transforms import (
     warp_images,
 )
 from scaling_lab.errors import ScalingLabError
+from scaling_lab.trial import batch_split_problem
 
 if TYPE_CHECKING:
     from scaling_lab.data.coco import CocoDetection
@@ -74,11 +75,9 @@ class BatchLoader(ABC):
         rank, workers = shard
         if not 0 <= rank < workers:
             raise ScalingLabError(f"loader shard {shard!r} must be (rank, workers) with 0 <= rank < workers")
-        if train and workers > 1 and (batch_size % workers or len(dataset) < batch_size):
-            raise ScalingLabError(
-                f"the global batch of {batch_size} cannot be split evenly among {workers} workers over {len(dataset)} training "
-                f"images; use a batch size that is a multiple of {workers} and at most the number of training images"
-            )
+        problem = batch_split_problem(batch_size, workers, len(dataset)) if train else None
+        if problem:
+            raise ScalingLabError(problem)
         try:
             self.device = torch.device(device)
         except (RuntimeError, TypeError):
@@ -124,7 +123,7 @@ class BatchLoader(ABC):
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor.to(self.device)
 
-    def _images(self, pixel_batch: PixelBatch, draws: "_Draws") -> tuple[torch.Tensor, torch.Tensor, Augmentation | None]:
+    def _images(self, pixel_batch: PixelBatch, draws: _Draws) -> tuple[torch.Tensor, torch.Tensor, Augmentation | None]:
         """Normalized (and in train mode warped) images on the device, the content sizes, and the
         augmentation applied (None in eval mode)."""
         pixels, sizes = self._to_device(pixel_batch.pixels), pixel_batch.sizes.to(self.device)
@@ -137,7 +136,7 @@ class BatchLoader(ABC):
         return warp_images(images, sizes, augmentation), sizes, augmentation
 
     @abstractmethod
-    def _make_batch(self, indices: torch.Tensor, pixel_batch: PixelBatch, draws: "_Draws"):
+    def _make_batch(self, indices: torch.Tensor, pixel_batch: PixelBatch, draws: _Draws):
         """The subclass's batch type for these dataset indices and decoded images."""
 
 

@@ -22,7 +22,7 @@ from scaling_lab.schema import COST_COLUMNS, quality_metrics
 from scaling_lab.spec import Spec, deep_merge, spec_from_dict
 from scaling_lab.spec_files import load_spec, parse_overrides, read_yaml
 from scaling_lab.study.search_space import SearchSpace, load_search_space
-from scaling_lab.trial import Budget, Task, Workers
+from scaling_lab.trial import Budget, Task, Workers, batch_split_problem
 
 EXPERIMENTS = ("quickstart", "compound_grid", "fpn_ablation", "fusion_ablation", "pareto", "proxy_findings")
 SAMPLERS = ("grid", "random", "tpe", "nsga2")
@@ -290,13 +290,14 @@ def parse_study(
     if not isinstance(resources.gpu_memory_gb, (int, float)) or isinstance(resources.gpu_memory_gb, bool) or resources.gpu_memory_gb <= 0:
         raise _fail(where, f"resources.gpu_memory_gb: expected a positive number, got {resources.gpu_memory_gb!r}")
     try:
-        resources.trial_workers
+        workers = resources.trial_workers
     except ScalingLabError as exc:
         raise _fail(where, f"resources.{exc}") from None
-    if resources.workers > 1 and resources.gpus == "auto":
+    if workers.count > 1 and resources.gpus == "auto":
         raise _fail(where, "resources.gpus: auto shares a GPU among one-process trials; a trial of several workers takes gpus_per_worker")
-    if resources.workers > 1 and task.batch_size % resources.workers:
-        raise _fail(where, f"resources.workers: the task's batch_size {task.batch_size} is the global batch; it must split evenly among {resources.workers} workers")
+    split_problem = batch_split_problem(task.batch_size, workers.count)
+    if split_problem:
+        raise _fail(where, f"resources.workers: task batch_size is the global batch: {split_problem}")
 
     repeats = _integer(where, "repeats", data.get("repeats", 1), 1)
     backend = _choice(where, "backend", data.get("backend", "local"), BACKENDS)

@@ -10,7 +10,7 @@ so a one-process trial computes exactly what it computed before workers existed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -25,7 +25,7 @@ class Replicas:
     count: int = 1
 
     @classmethod
-    def of_process_group(cls) -> "Replicas":
+    def of_process_group(cls) -> Replicas:
         """This process's place in the initialized default process group."""
         return cls(dist.get_rank(), dist.get_world_size())
 

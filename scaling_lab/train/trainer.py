@@ -45,9 +45,10 @@ from scaling_lab.train.losses import detection_loss
 from scaling_lab.train.optimization import WeightAverage, fit_batch_norm_momentum, make_optimizer, seed_everything, warmup_cosine, worker_seed
 from scaling_lab.train.precision import Precision, precision_for
 from scaling_lab.train.replicas import ONE_PROCESS, Replicas
-from scaling_lab.trial import Budget, ReportCallback, Task, TrialResult, Workers
+from scaling_lab.trial import Budget, ReportCallback, Task, TrialResult, Workers, batch_split_problem
 
 log = logging.getLogger(__name__)
+ONE_WORKER = Workers()
 
 __all__ = ["CHECKPOINT_NAME", "TrainingDiverged", "divergence", "make_optimizer", "run_trial", "train"]
 
@@ -229,7 +230,7 @@ def run_trial(
     checkpoint_dir: str | Path | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
-    workers: Workers = Workers(),
+    workers: Workers = ONE_WORKER,
 ) -> TrialResult:
     """Train ``spec`` on ``task`` for ``budget`` and return the final metrics and measurements.
 
@@ -247,7 +248,10 @@ def run_trial(
             f"(use an efficientdet-* preset for detection, efficientnet-* for classification)"
         )
     device = resolve_device(device)
-    arguments = dict(spec=spec, task=task, budget=budget, seed=seed, checkpoint_dir=checkpoint_dir, progress=progress)
+    split_problem = batch_split_problem(task.batch_size, workers.count)
+    if split_problem:
+        raise ScalingLabError(split_problem)
+    arguments = {"spec": spec, "task": task, "budget": budget, "seed": seed, "checkpoint_dir": checkpoint_dir, "progress": progress}
     if workers.count == 1:
         trained = train(report=report, device=device, **arguments)
     else:
