@@ -19,6 +19,7 @@ from scaling_lab.errors import ScalingLabError
 from scaling_lab.spec import BackboneSpec, DetectorSpec
 from scaling_lab.study import load_study, run_study
 from scaling_lab.study.fingerprint import definition
+from scaling_lab.study.ray_backend import concurrent_trials
 from scaling_lab.train import distributed, trainer
 from scaling_lab.train.checkpoint import CHECKPOINT_NAME
 from scaling_lab.train.scoring import evaluate_spec
@@ -85,6 +86,25 @@ def test_workers_are_a_resource_not_part_of_the_study_definition(tmp_path):
     ]:
         with pytest.raises(ScalingLabError, match=words):
             load_study(write_study(tmp_path, resources=resources))
+
+
+def test_tune_runs_no_more_data_parallel_trials_at_once_than_the_cluster_holds_the_workers_of(tmp_path):
+    cpu_study = load_study(write_study(tmp_path, resources={"workers": 2, "cpus_per_worker": 2}))
+    assert concurrent_trials(cpu_study, {"CPU": 9}) == 2
+    gpu_study = load_study(write_study(tmp_path, resources={"workers": 8, "gpus_per_worker": 1, "cpus_per_worker": 8}))
+    assert concurrent_trials(gpu_study, {"CPU": 128, "GPU": 8}) == 1  # two 4-GPU nodes: one 8-worker trial at a time
+    assert concurrent_trials(load_study(write_study(tmp_path)), {"CPU": 2}) is None  # one-process trials: Tune's own limit
+    with pytest.raises(ScalingLabError, match="need 64 CPUs and 8 GPUs; the Ray cluster has 128 CPUs and 4 GPUs"):
+        concurrent_trials(gpu_study, {"CPU": 128, "GPU": 4})
+
+
+def test_a_failed_data_parallel_trial_raises_the_failing_rank_s_own_error():
+    from ray.train import WorkerGroupError
+
+    diverged = trainer.TrainingDiverged("training diverged: the loss became nan in epoch 1")
+    assert distributed.worker_failure(WorkerGroupError("", {1: diverged, 0: diverged}), 2) is diverged
+    lost = distributed.worker_failure(WorkerGroupError("", {1: RuntimeError("CUDA error: device lost")}), 4)
+    assert isinstance(lost, distributed.WorkerFailed) and str(lost) == "worker 1 of 4 failed: RuntimeError: CUDA error: device lost"
 
 
 # --------------------------------------------------------------------------------------------
