@@ -11,7 +11,9 @@ seen by every rank at once (they check the same summed loss). An error on one ra
 trial: Ray Train stops the other workers (they may be waiting for it in a collective) and the
 caller raises that rank's error; a rank hung in a collective gives up after
 ``COLLECTIVE_TIMEOUT_S``. The trial is not retried by Ray Train: a study records it as failed
-and goes on, and running the study again resumes it from its last checkpoint.
+and goes on, and running the study again resumes it from its last checkpoint. When Ray Tune
+stops the trial (its scheduler), the caller's process ends at once; the workers' placement group
+is released first, so their CPUs and GPUs are free for the next trial.
 """
 
 from __future__ import annotations
