@@ -36,7 +36,7 @@ from train_speed import describe, images_per_second, our_steps, synchronize, syn
 
 from scaling_lab.models import build_model  # noqa: E402
 from scaling_lab.spec_files import load_spec  # noqa: E402
-from scaling_lab.train.trainer import make_optimizer  # noqa: E402
+from scaling_lab.train.optimization import make_optimizer  # noqa: E402
 from scaling_lab.trial import Task  # noqa: E402
 
 DEFAULT_SIZES = {"d0": (512, 32), "d3": (896, 16)}  # resolution, batch size
@@ -128,7 +128,7 @@ def compare(model_name: str, resolution: int, batch_size: int, device: torch.dev
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     ours = our_steps(f"efficientdet-{model_name}", resolution, batch_size, device, args.fp32, args.compile)
-    effdet_full, effdet_bare, effdet_model = effdet_steps(model_name, resolution, batch_size, device, ours.amp_dtype, ours.channels_last)
+    effdet_full, effdet_bare, effdet_model = effdet_steps(model_name, resolution, batch_size, device, ours.precision.amp_dtype, ours.precision.channels_last)
     variants = {"ours_full": ours.full, "ours_bare": ours.bare, "effdet_full": effdet_full, "effdet_bare": effdet_bare}
     warmup = args.warmup * (3 if args.compile else 1)
     print(f"# {model_name}: built both in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
@@ -149,10 +149,10 @@ def compare(model_name: str, resolution: int, batch_size: int, device: torch.dev
     }
     if args.inference_runs:
         spec = load_spec(f"efficientdet-{model_name}", [f"resolution={resolution}"])
-        our_model = build_model(spec).to(device, memory_format=torch.channels_last if ours.channels_last else torch.preserve_format)
+        our_model = build_model(spec).to(device, memory_format=torch.channels_last if ours.precision.channels_last else torch.preserve_format)
         result["inference_b1_ms"] = {
-            "ours": inference_ms(our_model, resolution, device, ours.amp_dtype, ours.channels_last, args.inference_runs),
-            "effdet": inference_ms(effdet_model, resolution, device, ours.amp_dtype, ours.channels_last, args.inference_runs),
+            "ours": inference_ms(our_model, resolution, device, ours.precision.amp_dtype, ours.precision.channels_last, args.inference_runs),
+            "effdet": inference_ms(effdet_model, resolution, device, ours.precision.amp_dtype, ours.precision.channels_last, args.inference_runs),
         }
     return result
 

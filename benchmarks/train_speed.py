@@ -1,9 +1,10 @@
 """Training throughput: the full trial step against the bare model step.
 
-The full step is what ``run_trial`` does per batch: take the next batch from the loader (images
-decoded once and kept in memory, augmented on the device), label the anchors, compute the loss,
-backward, clip and step the optimizer. The bare step is forward + backward + optimizer step on
-a random tensor already on the device, with a trivial loss. Their ratio is the overhead of
+The full step is what ``run_trial`` does per batch (it is the trainer's ``Training.step``): take
+the next batch from the loader (images decoded once and kept in memory, augmented on the
+device), label the anchors, compute the loss, backward, clip, step the optimizer and the
+schedule. The bare step is the same step on a random tensor already on the device, with a
+trivial loss. Their ratio is the overhead of
 data, labeling and the loss. ``benchmarks/compare_effdet.py`` times the same two steps beside
 effdet's.
 
@@ -15,16 +16,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 from torch import nn
 
 from scaling_lab.data import DetectionLoader, synthetic_dataset
-from scaling_lab.models import build_model
 from scaling_lab.spec_files import load_spec
-from scaling_lab.train.trainer import DetectionObjective, make_optimizer
+from scaling_lab.train.precision import Precision, precision_for
+from scaling_lab.train.trainer import start_training
 from scaling_lab.trial import Task
 
 BENCHMARK_IMAGES = 32
@@ -78,53 +79,35 @@ def synthetic_loader(resolution: int, batch_size: int, device: torch.device) -> 
     return next_batch
 
 
+class BareObjective:
+    """The bare step's loss: a trivial function of the head outputs (no labeling, no real loss)."""
+
+    def loss(self, model: nn.Module, images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+        class_logits, box_deltas = model(images)
+        return sum(output.float().mean() for output in class_logits + box_deltas)
+
+
 @dataclass
 class OurSteps:
-    """Our full trial step and bare model step for one spec, batch size and precision."""
+    """Our full trial step and bare model step for one spec, batch size and precision: both are
+    the trainer's own step (``Training.step``), the bare one with ``BareObjective`` on a fixed
+    random batch already on the device."""
 
     full: Callable[[], None]
     bare: Callable[[], None]
-    amp_dtype: torch.dtype | None
-    channels_last: bool
+    precision: Precision
 
 
 def our_steps(spec_name: str, resolution: int, batch_size: int, device: torch.device, fp32: bool = False, compile: bool = False) -> OurSteps:
-    on_cuda = device.type == "cuda"
     spec = load_spec(spec_name, [f"resolution={resolution}"])
-    task = Task()  # the default optimizer (SGD) and gradient clipping
-    amp_dtype = torch.bfloat16 if on_cuda and not fp32 else None
-    channels_last = on_cuda
-
-    model = build_model(spec).to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    step_model = torch.compile(model) if compile else model
-    optimizer = make_optimizer(model, task)
-    objective = DetectionObjective(spec, device)
-
-    def optimize(loss: torch.Tensor) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), task.grad_clip)
-        optimizer.step()
-
+    task = Task(bf16=not fp32, compile=compile, batch_size=batch_size)  # the default optimizer (SGD) and gradient clipping
+    precision = precision_for(task, device)
     next_batch = synthetic_loader(resolution, batch_size, device)
-
-    def full_step() -> None:
-        batch = next_batch()
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = objective.loss(step_model, batch, channels_last)
-        optimize(loss)
-
-    images = torch.randn(batch_size, 3, resolution, resolution, device=device)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-
-    def bare_step() -> None:
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            class_logits, box_deltas = step_model(images)
-            loss = sum(output.float().mean() for output in class_logits + box_deltas)
-        optimize(loss)
-
-    return OurSteps(full_step, bare_step, amp_dtype, channels_last)
+    steps_per_epoch = max(BENCHMARK_IMAGES, batch_size) // batch_size
+    training, _ = start_training(spec, task, precision, steps_per_epoch, epochs=1, seed=0)
+    bare = replace(training, objective=BareObjective())
+    images = precision.images(torch.randn(batch_size, 3, resolution, resolution, device=device))
+    return OurSteps(lambda: training.step(next_batch()), lambda: bare.step(images), precision)
 
 
 def describe(device: torch.device) -> str:
@@ -138,10 +121,10 @@ def main() -> None:
     warmup = args.warmup * (3 if args.compile else 1)
     bare = images_per_second(steps.bare, args.steps, warmup, args.batch_size, device)
     full = images_per_second(steps.full, args.steps, warmup, args.batch_size, device)
-    precision = "bf16" if steps.amp_dtype is not None else "fp32"
+    precision = "bf16" if steps.precision.amp_dtype is not None else "fp32"
     print(
         f"{args.spec} at {args.resolution}, batch {args.batch_size}, {precision}"
-        f"{', channels_last' if steps.channels_last else ''}{', compiled' if args.compile else ''} on {device}"
+        f"{', channels_last' if steps.precision.channels_last else ''}{', compiled' if args.compile else ''} on {device}"
         f" ({describe(device)}):"
     )
     print(f"  full trial step  {full:8.1f} images/s")

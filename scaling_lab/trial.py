@@ -155,6 +155,37 @@ class Budget:
         return _from_mapping(cls, data, where)
 
 
+@dataclass(frozen=True)
+class Workers:
+    """The data-parallel processes that train one trial (a study's ``resources.workers``,
+    ``train --workers``). One is today's in-process trial; more run through Ray Train, each
+    worker with its share of the task's (global) batch on ``gpus_per_worker`` GPUs (0: the CPU)."""
+
+    count: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.count, int) or isinstance(self.count, bool) or self.count < 1:
+            raise ScalingLabError(f"workers {self.count!r}: expected a whole number of at least 1")
+        if not isinstance(self.cpus_per_worker, (int, float)) or isinstance(self.cpus_per_worker, bool) or self.cpus_per_worker <= 0:
+            raise ScalingLabError(f"cpus_per_worker {self.cpus_per_worker!r}: expected a positive number")
+        if not isinstance(self.gpus_per_worker, (int, float)) or isinstance(self.gpus_per_worker, bool) or self.gpus_per_worker < 0:
+            raise ScalingLabError(f"gpus_per_worker {self.gpus_per_worker!r}: expected a number of at least 0")
+
+
+def batch_split_problem(batch_size: int, workers: int, images: int | None = None) -> str | None:
+    """Why a global batch cannot be shared out evenly among data-parallel workers (over
+    ``images`` training images, when known), or None."""
+    if workers == 1 or (batch_size % workers == 0 and (images is None or images >= batch_size)):
+        return None
+    over = f" over {images} training images" if images is not None else ""
+    return (
+        f"the global batch of {batch_size} cannot be split evenly among {workers} workers{over}; use a batch size that is "
+        f"a multiple of {workers}{' and at most the number of training images' if images is not None else ''}"
+    )
+
+
 @dataclass
 class TrialResult:
     """What a finished trial returns; one row of a study's results table comes from it.

@@ -31,9 +31,9 @@ CHECKPOINT_FLOATS = 50_000  # 200 KB per checkpoint: a 1 MiB disk fills within a
 
 def checkpointing_trial(spec, task, budget, report=None, seed=0, checkpoint_dir=None, **kwargs):
     """``fake_trial`` that first writes its checkpoint the way the trainer does."""
-    from scaling_lab.train.trainer import _save_checkpoint
+    from scaling_lab.train.checkpoint import save_checkpoint
 
-    _save_checkpoint(Path(checkpoint_dir) / "checkpoint.pt", {"seed": seed, "weights": torch.zeros(CHECKPOINT_FLOATS)})
+    save_checkpoint(Path(checkpoint_dir) / "checkpoint.pt", {"seed": seed, "weights": torch.zeros(CHECKPOINT_FLOATS)})
     return fake_trial(spec, task, budget, report, seed, checkpoint_dir, **kwargs)
 
 

@@ -82,8 +82,6 @@ class ClassificationLoader(BatchLoader):
 
     dataset: ImageFolderClassification
 
-    def _make_batch(
-        self, indices: torch.Tensor, pixel_batch: PixelBatch, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        images, _, _ = self._images(pixel_batch, generator)
+    def _make_batch(self, indices: torch.Tensor, pixel_batch: PixelBatch, draws) -> tuple[torch.Tensor, torch.Tensor]:
+        images, _, _ = self._images(pixel_batch, draws)
         return images, self._to_device(self.dataset.labels[indices])

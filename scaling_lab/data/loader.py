@@ -5,6 +5,11 @@ Train mode reshuffles every epoch and augments (flip, scale jitter, crop/pad); e
 the dataset order and only resizes, pads and normalizes. Given the seed, epoch ``e`` of a loader
 is always the same sequence of batches, on any device: the random numbers are drawn on the CPU
 from a generator seeded with (seed, e), and iterating a loader advances its epoch.
+
+Data-parallel workers split the same global order, as ``torch.utils.data.DistributedSampler``
+does: with ``shard=(rank, workers)`` a loader's ``batch_size`` is the global batch and each batch
+it yields holds images ``rank, rank + workers, ...`` of that global batch, augmented with the
+global batch's random numbers, so N workers see and augment exactly the images one process does.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from scaling_lab.data.transforms import (
     warp_images,
 )
 from scaling_lab.errors import ScalingLabError
+from scaling_lab.trial import batch_split_problem
 
 if TYPE_CHECKING:
     from scaling_lab.data.coco import CocoDetection
@@ -55,6 +61,7 @@ class BatchLoader(ABC):
         device: torch.device | str = "cpu",
         scale_range: tuple[float, float] = (0.8, 1.2),
         flip_probability: float = 0.5,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if not isinstance(resolution, int) or resolution < 1:
             raise ScalingLabError(f"loader resolution {resolution!r} must be a positive integer (e.g. 256)")
@@ -65,6 +72,12 @@ class BatchLoader(ABC):
             raise ScalingLabError(f"loader scale_range {scale_range!r} must be (low, high) with 0 < low <= high")
         if not 0 <= flip_probability <= 1:
             raise ScalingLabError(f"loader flip_probability {flip_probability!r} must be in [0, 1]")
+        rank, workers = shard
+        if not 0 <= rank < workers:
+            raise ScalingLabError(f"loader shard {shard!r} must be (rank, workers) with 0 <= rank < workers")
+        problem = batch_split_problem(batch_size, workers, len(dataset)) if train else None
+        if problem:
+            raise ScalingLabError(problem)
         try:
             self.device = torch.device(device)
         except (RuntimeError, TypeError):
@@ -76,6 +89,7 @@ class BatchLoader(ABC):
         self.seed = seed
         self.scale_range = (float(low), float(high))
         self.flip_probability = flip_probability
+        self.shard = shard
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -96,19 +110,20 @@ class BatchLoader(ABC):
             order = torch.arange(len(self.dataset))
         index_batches = [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
         index_batches = index_batches[: len(self)]
+        rank, workers = self.shard
+        rows = [torch.arange(len(indices))[rank::workers] for indices in index_batches]
+        shares = [(indices[mine], mine, len(indices)) for indices, mine in zip(index_batches, rows) if len(mine)]
         augmentation_generator = seeded_generator(self.seed, epoch, _AUGMENTATION_STREAM)
         store: ImageStore = self.dataset.image_store
-        for indices, pixel_batch in zip(index_batches, store.batches(index_batches, self.resolution)):
-            yield self._make_batch(indices, pixel_batch, augmentation_generator)
+        for (indices, mine, drawn), pixel_batch in zip(shares, store.batches([share[0] for share in shares], self.resolution)):
+            yield self._make_batch(indices, pixel_batch, _Draws(augmentation_generator, mine, drawn))
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor.to(self.device)
 
-    def _images(
-        self, pixel_batch: PixelBatch, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, Augmentation | None]:
+    def _images(self, pixel_batch: PixelBatch, draws: _Draws) -> tuple[torch.Tensor, torch.Tensor, Augmentation | None]:
         """Normalized (and in train mode warped) images on the device, the content sizes, and the
         augmentation applied (None in eval mode)."""
         pixels, sizes = self._to_device(pixel_batch.pixels), pixel_batch.sizes.to(self.device)
@@ -116,13 +131,23 @@ class BatchLoader(ABC):
         if not self.train:
             return images, sizes, None
         augmentation = sample_augmentation(
-            pixel_batch.sizes, self.resolution, generator, self.scale_range, self.flip_probability
+            pixel_batch.sizes, self.resolution, draws.generator, self.scale_range, self.flip_probability, draws.rows, draws.drawn
         ).to(self.device)
         return warp_images(images, sizes, augmentation), sizes, augmentation
 
     @abstractmethod
-    def _make_batch(self, indices: torch.Tensor, pixel_batch: PixelBatch, generator: torch.Generator):
+    def _make_batch(self, indices: torch.Tensor, pixel_batch: PixelBatch, draws: _Draws):
         """The subclass's batch type for these dataset indices and decoded images."""
+
+
+@dataclass
+class _Draws:
+    """Where a batch's augmentation comes from: the epoch's generator, drawn for a global batch of
+    ``drawn`` images of which this batch holds ``rows``."""
+
+    generator: torch.Generator
+    rows: torch.Tensor
+    drawn: int
 
 
 @dataclass
@@ -155,7 +180,7 @@ class DetectionLoader(BatchLoader):
 
     dataset: "CocoDetection"
 
-    def _make_batch(self, indices: torch.Tensor, pixel_batch: PixelBatch, generator: torch.Generator) -> DetectionBatch:
+    def _make_batch(self, indices: torch.Tensor, pixel_batch: PixelBatch, draws: _Draws) -> DetectionBatch:
         targets = [self.dataset.targets(int(index)) for index in indices]
         most = max(1, max(len(labels) for _, labels in targets))
         boxes = torch.zeros(len(targets), most, 4)
@@ -163,7 +188,7 @@ class DetectionLoader(BatchLoader):
         for row, ((image_boxes, image_labels), scale) in enumerate(zip(targets, pixel_batch.scales.tolist())):
             boxes[row, : len(image_labels)] = torch.from_numpy(image_boxes) * scale
             labels[row, : len(image_labels)] = torch.from_numpy(image_labels)
-        images, sizes, augmentation = self._images(pixel_batch, generator)
+        images, sizes, augmentation = self._images(pixel_batch, draws)
         boxes, labels, scales = self._to_device(boxes), self._to_device(labels), pixel_batch.scales.to(self.device)
         if augmentation is not None:
             boxes, labels = warp_boxes(boxes, labels, sizes, self.resolution, augmentation)

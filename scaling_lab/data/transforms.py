@@ -177,21 +177,26 @@ def sample_augmentation(
     generator: torch.Generator,
     scale_range: tuple[float, float] = (0.8, 1.2),
     flip_probability: float = 0.5,
+    rows: torch.Tensor | None = None,
+    drawn: int | None = None,
 ) -> Augmentation:
     """Random flip, scale jitter and crop offset for content sizes [B, 2] (h, w), drawn on the CPU.
 
     Drawing on the CPU keeps a seeded run identical whatever device the batch is on. When the
     scaled image is larger than the canvas a random window is cropped; when smaller it stays at
-    the top-left (padding bottom/right, as in eval).
+    the top-left (padding bottom/right, as in eval). A worker's share of a global batch gives its
+    ``rows`` in a batch of ``drawn`` images: the numbers are drawn for the whole batch, so each
+    image gets what it gets in one process.
     """
-    count = sizes.shape[0]
-    flip = torch.rand(count, generator=generator) < flip_probability
+    count = sizes.shape[0] if drawn is None else drawn
+    mine = slice(None) if rows is None else rows
+    flip = (torch.rand(count, generator=generator) < flip_probability)[mine]
     low, high = scale_range
-    scale = low + (high - low) * torch.rand(count, generator=generator)
+    scale = (low + (high - low) * torch.rand(count, generator=generator))[mine]
     sizes = sizes.cpu().float()
     spare_y, spare_x = ((sizes * scale.unsqueeze(1)) - resolution).clamp(min=0).unbind(1)
-    offset_y = spare_y * torch.rand(count, generator=generator)
-    offset_x = spare_x * torch.rand(count, generator=generator)
+    offset_y = spare_y * torch.rand(count, generator=generator)[mine]
+    offset_x = spare_x * torch.rand(count, generator=generator)[mine]
     return Augmentation(flip, scale, offset_x, offset_y)
 
 

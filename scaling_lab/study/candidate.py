@@ -81,10 +81,10 @@ def latency_alone(spec: Spec, task: Task) -> "Latency":
     """Batch-1 latency on this process's device, in the trial's precision, timed with nothing
     else running here (``latency.measure_latency``: median with its spread, cached per device,
     dtype and batch size; None as a figure when its repeats do not support one)."""
-    from scaling_lab.latency import measure_latency
+    from scaling_lab.latency import measure_latency, resolve_device
+    from scaling_lab.train.precision import precision_for
 
-    dtype = "bfloat16" if task.bf16 and torch.cuda.is_available() else "float32"
-    return measure_latency(spec, batch_size=1, dtype=dtype)
+    return measure_latency(spec, batch_size=1, dtype=precision_for(task, resolve_device(None)).dtype_name)
 
 
 @contextlib.contextmanager
@@ -158,11 +158,13 @@ class CandidateRunner:
             on_epoch(epoch, metrics, record)
 
         task = replace(self.config.task, latency=False)
+        workers = self.config.resources.trial_workers
+        data_parallel = {"workers": workers} if workers.count > 1 else {}  # one trial, several Ray Train workers
         try:
             with torch_threads(self.config.resources.cpus):
                 result = self.trial_function(
                     spec, task, self.config.budget, report=report, seed=seed,
-                    checkpoint_dir=self.checkpoint_dir(cid, seed), progress=False,
+                    checkpoint_dir=self.checkpoint_dir(cid, seed), progress=False, **data_parallel,
                 )
         except optuna.TrialPruned:
             return finish("pruned", "stopped early by the pruner")

@@ -15,7 +15,7 @@ from typing import Any
 
 from scaling_lab.spec import Spec
 from scaling_lab.study.search_space import SearchSpace
-from scaling_lab.trial import Budget, Task
+from scaling_lab.trial import Budget, Task, Workers
 
 
 @dataclass(frozen=True)
@@ -54,11 +54,22 @@ class EarlyStopping:
 @dataclass(frozen=True)
 class Resources:
     """Per-trial resources for the Ray backend; ``gpus: auto`` sizes a fraction of a GPU from
-    the spec's measured activations and parameters (small specs share a GPU)."""
+    the spec's measured activations and parameters (small specs share a GPU).
+
+    ``workers`` above 1 makes each trial data-parallel (either backend): Ray Train runs that
+    many processes with ``cpus_per_worker`` and ``gpus_per_worker`` each, sharing the task's
+    batch (the global batch); ``cpus`` and ``gpus`` are then unused."""
 
     cpus: float = 1.0
     gpus: float | str = 0.0
     gpu_memory_gb: float = 80.0
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+
+    @property
+    def trial_workers(self) -> Workers:
+        return Workers(self.workers, self.cpus_per_worker, self.gpus_per_worker)
 
 
 @dataclass(frozen=True)

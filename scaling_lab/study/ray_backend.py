@@ -8,6 +8,10 @@ Optuna study is the same whichever backend ran it. ASHA / HyperBand / median sto
 scheduler. Each trial asks for the study's CPUs and GPUs, or with ``gpus: auto`` a fraction of a
 GPU sized from its spec's measured activations and parameters.
 
+A data-parallel trial (``resources.workers`` above 1) is one Tune trial that starts its own Ray
+Train workers (``scaling_lab.train.distributed``); it reserves next to nothing itself, and Tune
+runs no more such trials at once than the cluster holds all the workers of (``concurrent_trials``).
+
 Trials that share a device do not time latency; when the study needs it, the driver times each
 finished candidate alone once the group's trials have stopped, then tells Optuna the outcome.
 """
@@ -39,6 +43,9 @@ MAX_TRIALS_PER_GPU = 8
 BYTES_PER_ACTIVATION = 4 * 3  # float32, kept for backward, plus its gradient
 BYTES_PER_PARAMETER = 4 * 4  # weights, gradients and two optimizer moments
 RAY_TRIAL_RETRIES = 2
+# What the Tune trial of a data-parallel trial reserves for itself: it only starts its Ray Train
+# workers and relays their reports (Tune refuses a trial that reserves nothing).
+COORDINATOR_CPUS = 0.01
 
 
 def _numbers(values: Mapping[str, Any]) -> dict[str, float]:
@@ -168,10 +175,13 @@ def estimated_training_bytes(costs: Mapping[str, float], batch_size: int) -> flo
 
 def _resources(config: StudyConfig, base_costs: dict[str, float], cluster_gpus: float):
     """Per-trial resources; with ``gpus: auto`` the GPU share is 1/n for the largest n (up to
-    MAX_TRIALS_PER_GPU) whose estimated training memory fits, none on a cluster without GPUs."""
+    MAX_TRIALS_PER_GPU) whose estimated training memory fits, none on a cluster without GPUs.
+    A data-parallel trial reserves nothing itself: its workers do (``concurrent_trials``)."""
     resources = config.resources
 
     def for_trial(trial_config: dict[str, Any]) -> dict[str, float]:
+        if resources.workers > 1:  # the trial only coordinates: its Ray Train workers reserve their own
+            return {"cpu": COORDINATOR_CPUS, "gpu": 0.0}
         gpus = resources.gpus
         if gpus == "auto":
             if cluster_gpus == 0:
@@ -187,6 +197,25 @@ def _resources(config: StudyConfig, base_costs: dict[str, float], cluster_gpus: 
         return {"cpu": float(resources.cpus), "gpu": float(gpus)}
 
     return for_trial
+
+
+def concurrent_trials(config: StudyConfig, cluster: Mapping[str, float]) -> int | None:
+    """How many data-parallel trials may run at once: as many as the cluster holds all the
+    workers of, so that every trial Tune starts can start its workers (more would wait for each
+    other's resources for ever). None (Tune's own limit) for one-process trials."""
+    resources = config.resources
+    if resources.workers == 1:
+        return None
+    fits = [cluster.get("CPU", 0) // (resources.workers * resources.cpus_per_worker + COORDINATOR_CPUS)]
+    if resources.gpus_per_worker > 0:
+        fits.append(cluster.get("GPU", 0) // (resources.workers * resources.gpus_per_worker))
+    if min(fits) < 1:
+        raise ScalingLabError(
+            f"resources: a trial's {resources.workers} workers need {resources.workers * resources.cpus_per_worker:g} CPUs and "
+            f"{resources.workers * resources.gpus_per_worker:g} GPUs; the Ray cluster has {cluster.get('CPU', 0):g} CPUs and "
+            f"{cluster.get('GPU', 0):g} GPUs. Lower resources.workers or add nodes"
+        )
+    return int(min(fits))
 
 
 def _scheduler(config: StudyConfig):
@@ -208,7 +237,7 @@ def _scheduler(config: StudyConfig):
     return tune.schedulers.MedianStoppingRule(**common, grace_period=stopping.min_epochs)
 
 
-def _fit_group(session: StudySession, group: Group, heartbeat: Heartbeat, cluster_gpus: float) -> None:
+def _fit_group(session: StudySession, group: Group, heartbeat: Heartbeat, cluster: Mapping[str, float]) -> None:
     """Run the group's trials with Ray Tuners until it is settled (waiting for other workers)."""
     config = session.config
     while True:
@@ -216,12 +245,14 @@ def _fit_group(session: StudySession, group: Group, heartbeat: Heartbeat, cluste
         if session.settled(group):
             return
         trainable = tune.with_resources(
-            tune.with_parameters(_trainable, runner=session.candidates), _resources(config, session.base_costs, cluster_gpus)
+            tune.with_parameters(_trainable, runner=session.candidates), _resources(config, session.base_costs, cluster.get("GPU", 0))
         )
         searcher = StudySearcher(session, group, heartbeat)
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(config), num_samples=-1),
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, scheduler=_scheduler(config), num_samples=-1, max_concurrent_trials=concurrent_trials(config, cluster)
+            ),
             run_config=tune.RunConfig(
                 name=f"{config.name}-{group.name or 'main'}-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=str(config.run_dir / "ray"),
@@ -256,11 +287,11 @@ def run_ray(session: StudySession, address: str | None) -> None:
         except ConnectionError as exc:
             raise ScalingLabError(f"--address {address!r}: cannot attach to a Ray cluster there ({exc}); start one with 'ray start --head'") from None
     try:
-        cluster_gpus = ray.cluster_resources().get("GPU", 0)
+        cluster = ray.cluster_resources()
         with Heartbeat(session.storage) as heartbeat:
             while True:
                 for group in session.config.groups:
-                    _fit_group(session, group, heartbeat, cluster_gpus)
+                    _fit_group(session, group, heartbeat, cluster)
                 if not session.plan_round():  # adaptive repeats: another round while comparisons are open
                     break
     finally:

@@ -11,6 +11,7 @@ Several workers may run one study on a shared database; see ``session`` for what
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import sys
 from dataclasses import replace
@@ -87,7 +88,7 @@ def run_local(session: StudySession) -> None:
 def with_data_classes(config: StudyConfig) -> StudyConfig:
     """The study with its base spec's ``num_classes`` set to the data's: the trainer trains that
     head, so costs are measured (and constraints checked) on the model that is trained."""
-    from scaling_lab.train.trainer import load_datasets
+    from scaling_lab.data.selection import load_datasets
 
     classes = load_datasets(config.task)[0].num_classes
     if config.base.num_classes == classes:
@@ -122,6 +123,11 @@ def run_study(
         raise ScalingLabError(
             f"trial_function {getattr(trial_function, '__name__', trial_function)!r}: {'; '.join(problems)}; "
             "it must take the parameters of scaling_lab.trial.TrialFunction"
+        )
+    if config.resources.workers > 1 and trial_function is not None and "workers" not in inspect.signature(trial_function).parameters:
+        raise ScalingLabError(
+            f"resources.workers {config.resources.workers}: trial_function {getattr(trial_function, '__name__', trial_function)!r} "
+            "takes no parameter 'workers'; data-parallel trials need scaling_lab.train.run_trial (or a function with its workers parameter)"
         )
     config = with_data_classes(config)
     previous_verbosity = optuna.logging.get_verbosity()

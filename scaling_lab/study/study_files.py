@@ -18,7 +18,7 @@ from scaling_lab.spec import Spec, deep_merge, spec_from_dict
 from scaling_lab.spec_files import load_spec, parse_overrides, read_yaml
 from scaling_lab.study.config import EarlyStopping, Group, Objective, Repeats, Resources, Sampler, StudyConfig
 from scaling_lab.study.search_space_files import load_search_space
-from scaling_lab.trial import Budget, Task
+from scaling_lab.trial import Budget, Task, batch_split_problem
 
 EXPERIMENTS = ("quickstart", "compound_grid", "fpn_ablation", "fusion_ablation", "pareto", "proxy_findings")
 SAMPLERS = ("grid", "random", "tpe", "nsga2")
@@ -194,14 +194,23 @@ def _parse_early_stopping(where: str, raw: Any, objectives: tuple[Objective, ...
     return early_stopping
 
 
-def _parse_resources(where: str, raw: Any) -> Resources:
-    resources = Resources(**_mapping(where, "resources", raw, ("cpus", "gpus", "gpu_memory_gb")))
+def _parse_resources(where: str, raw: Any, task: Task) -> Resources:
+    resources = Resources(**_mapping(where, "resources", raw, tuple(f.name for f in fields(Resources))))
     if not isinstance(resources.cpus, (int, float)) or isinstance(resources.cpus, bool) or resources.cpus <= 0:
         raise _fail(where, f"resources.cpus: expected a positive number, got {resources.cpus!r}")
     if resources.gpus != "auto" and (not isinstance(resources.gpus, (int, float)) or isinstance(resources.gpus, bool) or resources.gpus < 0):
         raise _fail(where, f"resources.gpus: expected a number of at least 0 (0.25 shares a GPU by four) or auto, got {resources.gpus!r}")
     if not isinstance(resources.gpu_memory_gb, (int, float)) or isinstance(resources.gpu_memory_gb, bool) or resources.gpu_memory_gb <= 0:
         raise _fail(where, f"resources.gpu_memory_gb: expected a positive number, got {resources.gpu_memory_gb!r}")
+    try:
+        workers = resources.trial_workers
+    except ScalingLabError as exc:
+        raise _fail(where, f"resources.{exc}") from None
+    if workers.count > 1 and resources.gpus == "auto":
+        raise _fail(where, "resources.gpus: auto shares a GPU among one-process trials; a trial of several workers takes gpus_per_worker")
+    split_problem = batch_split_problem(task.batch_size, workers.count)
+    if split_problem:
+        raise _fail(where, f"resources.workers: task batch_size is the global batch: {split_problem}")
     return resources
 
 
@@ -256,7 +265,7 @@ def parse_study(
         sampler=sampler,
         early_stopping=_parse_early_stopping(where, data.get("early_stopping"), objectives),
         seeds=tuple(range(repeats.min)),
-        resources=_parse_resources(where, data.get("resources")),
+        resources=_parse_resources(where, data.get("resources"), task),
         backend=_choice(where, "backend", data.get("backend", "local"), BACKENDS),
         storage=_parse_storage(where, data.get("storage")),
         run_dir=Path(chosen_run_dir).expanduser().resolve(),

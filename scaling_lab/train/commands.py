@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from typing import Any
 
 from scaling_lab.files import check_output_folder, folder_argument
-from scaling_lab.ranges import BUDGET_RANGES, SEED_RANGE, TASK_RANGES, flag
+from scaling_lab.ranges import BUDGET_RANGES, POSITIVE_INT, SEED_RANGE, TASK_RANGES, flag
 from scaling_lab.spec_files import load_spec
-from scaling_lab.trial import BAD_DATA, Budget, Task
+from scaling_lab.trial import BAD_DATA, Budget, Task, Workers
 
 
 def _json_safe(value: Any) -> Any:
@@ -51,6 +52,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=flag(SEED_RANGE), default=0, help="random seed (default: 0)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--checkpoint-dir", type=folder_argument, default=None, help="save a checkpoint every epoch here and resume from it")
+    parser.add_argument(
+        "--workers", type=flag(POSITIVE_INT), default=1,
+        help="train data-parallel on this many processes through a local Ray (one GPU each on CUDA, the CPU cores shared "
+        "out otherwise); --batch-size is the global batch, split among them (default: 1, in this process)",
+    )
     parser.add_argument(
         "--bad-data", choices=BAD_DATA, default=Task.bad_data,
         help="unusable images and annotations: an error naming them (default), or skip them and count them in the notes",
@@ -103,6 +109,7 @@ def _add_init_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train_command(args: argparse.Namespace) -> int:
+    from scaling_lab.latency import resolve_device
     from scaling_lab.spec import DetectorSpec
     from scaling_lab.train.trainer import run_trial
 
@@ -126,7 +133,9 @@ def run_train_command(args: argparse.Namespace) -> int:
         backbone_lr_scale=args.backbone_lr_scale,
     )
     budget = Budget(epochs=args.epochs, max_train_images=args.max_train_images, max_val_images=args.max_val_images)
-    result = run_trial(spec, task, budget, seed=args.seed, checkpoint_dir=args.checkpoint_dir, device=args.device, progress=True)
+    on_cuda = resolve_device(args.device).type == "cuda"
+    workers = Workers(args.workers, cpus_per_worker=max(1, (os.cpu_count() or 1) // args.workers), gpus_per_worker=1.0 if on_cuda else 0.0)
+    result = run_trial(spec, task, budget, seed=args.seed, checkpoint_dir=args.checkpoint_dir, device=args.device, progress=True, workers=workers)
     if args.json:
         print(json.dumps(_json_safe(result.to_dict())))
         return 0

@@ -21,7 +21,8 @@ from scaling_lab.schema import CLASSIFICATION_METRICS, DETECTION_METRICS
 from scaling_lab.train.anchors import flatten_levels
 from scaling_lab.train.bootstrap import bootstrap_ap
 from scaling_lab.train.postprocess import Detections, postprocess
-
+from scaling_lab.train.precision import Precision
+from scaling_lab.train.replicas import ONE_PROCESS, Replicas
 
 
 def coco_metrics(coco_gt: COCO, results: list[dict[str, Any]], image_ids: Iterable[int], verbose: bool = False) -> dict[str, float]:
@@ -57,28 +58,17 @@ def detection_results(dataset, detections: Detections, image_ids: list[int], sca
     return records
 
 
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-
-
 @torch.no_grad()
-def evaluate_detector(
-    model: nn.Module,
-    loader,
-    anchors: torch.Tensor,
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    verbose: bool = False,
-) -> dict[str, float]:
-    """COCO metrics of ``model`` over an eval-mode ``DetectionLoader`` (on the model's device)."""
+def detection_records(model: nn.Module, loader, anchors: torch.Tensor, precision: Precision) -> tuple[list[dict[str, Any]], list[int]]:
+    """COCO result records of ``model`` over an eval-mode ``DetectionLoader``, and the image ids seen."""
     was_training = model.training
     model.eval()
     dataset = loader.dataset
     records, image_ids = [], []
     try:
         for batch in loader:
-            images = batch.images.contiguous(memory_format=torch.channels_last) if channels_last else batch.images
-            with _autocast(images.device, amp_dtype):
+            images = precision.images(batch.images)
+            with precision.autocast():
                 class_logits, box_deltas = model(images)
             class_logits, box_deltas = flatten_levels(class_logits, box_deltas, dataset.num_classes)
             detections = postprocess(class_logits, box_deltas, anchors, image_size=images.shape[-1])
@@ -86,7 +76,18 @@ def evaluate_detector(
             image_ids += batch.image_ids
     finally:
         model.train(was_training)
-    return coco_metrics(dataset.coco, records, image_ids, verbose)
+    return records, image_ids
+
+
+def evaluate_detector(
+    model: nn.Module, loader, anchors: torch.Tensor, precision: Precision, replicas: Replicas = ONE_PROCESS, verbose: bool = False
+) -> dict[str, float]:
+    """COCO metrics of ``model`` over an eval-mode ``DetectionLoader`` (on the model's device);
+    with workers, each validates its share and rank 0 scores everyone's records in one COCOeval."""
+    records, image_ids = detection_records(model, loader, anchors, precision)
+    records, image_ids = replicas.gather(records), replicas.gather(image_ids)
+    metrics = coco_metrics(loader.dataset.coco, records, image_ids, verbose) if replicas.is_main else None
+    return replicas.broadcast(metrics)
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:
@@ -97,19 +98,18 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...]
 
 
 @torch.no_grad()
-def evaluate_classifier(model: nn.Module, loader, amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> dict[str, float]:
-    """Top-1 and top-5 accuracy (fractions) of ``model`` over an eval-mode classification loader."""
+def evaluate_classifier(model: nn.Module, loader, precision: Precision, replicas: Replicas = ONE_PROCESS) -> dict[str, float]:
+    """Top-1 and top-5 accuracy (fractions) of ``model`` over an eval-mode classification loader
+    (with workers: over all workers' shares)."""
     was_training = model.training
     model.eval()
-    correct = torch.zeros(len(CLASSIFICATION_METRICS), dtype=torch.int64)
-    seen = 0
+    correct = torch.zeros(len(CLASSIFICATION_METRICS) + 1, dtype=torch.int64)  # and the images seen
     try:
         for images, labels in loader:
-            images = images.contiguous(memory_format=torch.channels_last) if channels_last else images
-            with _autocast(images.device, amp_dtype):
-                logits = model(images)
-            correct += torch.stack(topk_correct(logits.float(), labels)).cpu()
-            seen += len(labels)
+            with precision.autocast():
+                logits = model(precision.images(images))
+            correct += torch.stack([*topk_correct(logits.float(), labels), torch.tensor(len(labels), device=labels.device)]).cpu()
     finally:
         model.train(was_training)
-    return {name: float(count) / max(seen, 1) for name, count in zip(CLASSIFICATION_METRICS, correct.tolist())}
+    *hits, seen = replicas.sum(correct).tolist()
+    return {name: float(count) / max(seen, 1) for name, count in zip(CLASSIFICATION_METRICS, hits)}

@@ -58,11 +58,15 @@ def detection_loss(
     gamma: float = FOCAL_GAMMA,
     delta: float = HUBER_DELTA,
     box_weight: float = BOX_LOSS_WEIGHT,
+    positives: torch.Tensor | None = None,
 ) -> DetectionLoss:
-    """Loss of flattened outputs [B, N, K] and [B, N, 4] (see ``anchors.flatten_levels``)."""
+    """Loss of flattened outputs [B, N, K] and [B, N, 4] (see ``anchors.flatten_levels``).
+
+    ``positives``: the positive anchors of the whole global batch when this is a worker's share
+    of it (the official cross-replica normalizer); by default this batch's."""
     class_logits, box_deltas = class_logits.float(), box_deltas.float()
     positive = targets.positive
-    normalizer = positive.sum() + 1.0
+    normalizer = (positive.sum() if positives is None else positives) + 1.0
     one_hot = torch.zeros_like(class_logits)
     one_hot.scatter_(-1, targets.classes.clamp(min=0).unsqueeze(-1), positive.unsqueeze(-1).to(one_hot.dtype))
     counted = (targets.classes != IGNORED).unsqueeze(-1).to(class_logits.dtype)

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import torch
 
+from scaling_lab.data.selection import limit_images, load_split, make_loader
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.latency import resolve_device
 from scaling_lab.models import build_model
 from scaling_lab.models.weights import load_init
 from scaling_lab.spec import BackboneSpec, DetectorSpec, Spec
 from scaling_lab.train.finetune import init_source
-from scaling_lab.train.trainer import ClassificationObjective, DetectionObjective, _adapt_spec, limit_images, load_split
+from scaling_lab.train.precision import precision_for
+from scaling_lab.train.trainer import adapt_spec, objective_for
 from scaling_lab.trial import Budget, Task
 
 
@@ -29,7 +31,7 @@ def evaluate_spec(spec: Spec, task: Task, budget: Budget | None = None, device: 
     device = resolve_device(device)
     notes: list[str] = []
     val_set = load_split(task, "val")
-    spec = _adapt_spec(spec, task, val_set.num_classes, notes)
+    spec = adapt_spec(spec, task, val_set.num_classes, notes)
     val_set = limit_images(val_set, budget.max_val_images)
     model = build_model(spec)
     report = load_init(model, source)
@@ -40,18 +42,8 @@ def evaluate_spec(spec: Spec, task: Task, budget: Budget | None = None, device: 
             "(for COCO weights with 90 outputs: --labels category_ids)"
         )
     notes.append(report.note())
-    on_cuda = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if (task.bf16 if on_cuda else task.bf16_cpu) else None
-    channels_last = on_cuda and task.channels_last
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format).eval()
-    if task.kind == "detection":
-        from scaling_lab.data import DetectionLoader as Loader
-
-        objective: DetectionObjective | ClassificationObjective = DetectionObjective(spec, device)
-    else:
-        from scaling_lab.data import ClassificationLoader as Loader
-
-        objective = ClassificationObjective()
-    loader = Loader(val_set, spec.resolution, task.batch_size, train=False, seed=0, device=device)
-    metrics = objective.evaluate(model, loader, amp_dtype, channels_last)
+    precision = precision_for(task, device)
+    model = precision.place(model).eval()
+    loader = make_loader(task, val_set, spec.resolution, train=False, seed=0, device=device)
+    metrics = objective_for(spec, task, device).evaluate(model, loader, precision)
     return {"metrics": metrics, "notes": notes, "images": len(val_set), "spec_hash": spec.spec_hash}
