@@ -67,11 +67,16 @@ class CurveFit:
         return np.log(np.atleast_1d(np.asarray(flops, dtype=float)) / self.reference_flops)
 
     def predict(self, flops: np.ndarray | float) -> np.ndarray:
-        return self.form.predict(self.params, self._x(flops))
+        """The fitted curve at ``flops``, within the metric's range (a log-linear form has none)."""
+        bounds = stats.bounds_of(self.metric)
+        predicted = self.form.predict(self.params, self._x(flops))
+        return np.clip(predicted, *bounds) if bounds else predicted
 
     def band(self, flops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The 95 % band of the fitted curve over seed-resampled refits."""
-        return interval(self.form.predict(self.replicate_params, self._x(flops)), seed_df(self.cells), axis=0)
+        """The 95 % band of the fitted curve over seed-resampled refits (within the metric's range)."""
+        low, high = interval(self.form.predict(self.replicate_params, self._x(flops)), seed_df(self.cells), axis=0)
+        bounds = stats.bounds_of(self.metric)
+        return (np.clip(low, *bounds), np.clip(high, *bounds)) if bounds else (low, high)
 
     def prediction(self, flops: float, seed: int = 0) -> Prediction:
         """The metric one new trial at ``flops`` is predicted to reach, with a 95 % interval."""
