@@ -17,6 +17,7 @@ from plotly.offline import get_plotlyjs
 
 from scaling_lab.cli import main
 from scaling_lab.errors import ScalingLabError
+from scaling_lab.study.results import write_table
 from scaling_lab.study.search_space import config_id
 from scaling_lab.report import write_report
 from scaling_lab.report import analysis, figures, sections
@@ -24,6 +25,7 @@ from scaling_lab.report.analysis import ablation_table, compound_grid, configura
 from scaling_lab.report.figures import colour_labels
 from scaling_lab.report.findings import figure_lines
 from scaling_lab.report.run import load_run
+from scaling_lab.schema import results_table, table_row
 from scaling_lab.spec import DetectorSpec
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -48,16 +50,6 @@ def _spec(width=1.0, depth=1.0, resolution=512, **changes) -> DetectorSpec:
     return BASE.replace(backbone=backbone, resolution=resolution, **changes)
 
 
-def _flatten(spec: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in spec.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        elif key != "kind":
-            flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
-    return flat
-
-
 def write_fixture_run(directory: Path, finished: bool = True) -> Path:
     """A run folder as the studies code writes it: an FPN/fusion ablation, a compound grid,
     compound vs single-dimension scaling, two seeds per configuration and every trial state."""
@@ -73,36 +65,30 @@ def write_fixture_run(directory: Path, finished: bool = True) -> Path:
                 for e in range(1, epochs + 1)
             ]
             measured = state in ("complete", "pruned")
-            flops = BASE_FLOPS * flops_factor
-            rows.append(
-                {
-                    "trial_id": len(rows),
-                    "state": state,
-                    "error": error,
-                    "seed": seed,
-                    "config_id": config_id(group, {"spec": spec.spec_hash}),  # as a study makes it: per group
-                    "spec_hash": spec.spec_hash,
-                    "spec": spec.to_json(),
-                    **_flatten(spec.to_dict()),
-                    **{f"param.{k}": v for k, v in (params or {}).items()},
-                    "group": group,
-                    "AP": trial_ap if state == "complete" else math.nan,
-                    "AP_ci_low": trial_ap - 0.02 if state == "complete" else math.nan,
-                    "AP_ci_high": trial_ap + 0.015 if state == "complete" else math.nan,
-                    "AP50": trial_ap + 0.18 if state == "complete" else math.nan,
-                    "AP75": trial_ap + 0.02 if state == "complete" else math.nan,
-                    "params": BASE_PARAMS * params_factor if measured else math.nan,
-                    "flops": flops if state != "failed" else math.nan,
+            done = state == "complete"
+            record = {  # what a study's candidate runner records for a trial
+                "spec": spec.to_dict(),
+                "spec_hash": spec.spec_hash,
+                "params": params or {},
+                "error": error,
+                "metrics": {"AP": trial_ap, "AP_ci_low": trial_ap - 0.02, "AP_ci_high": trial_ap + 0.015, "AP50": trial_ap + 0.18, "AP75": trial_ap + 0.02} if done else {},
+                "costs": {
                     "flops_ratio": flops_factor,
-                    "activations": 9.1e6 * flops_factor**0.8 if measured else math.nan,
-                    "latency_ms": BASE_LATENCY * flops_factor**0.7 * (1.3 if spec.fusion == "softmax" else 1.0) if measured else math.nan,
-                    "wall_time_s": 300.0 * flops_factor if state != "rejected" else 0.0,
-                    "epochs_done": epochs if state in ("complete", "pruned") else 0,
-                    "curve": json.dumps(curve if state in ("complete", "pruned") else []),
-                    "started": f"2026-11-20T10:{len(rows) % 60:02d}:00",
-                    "finished": f"2026-11-20T11:{len(rows) % 60:02d}:00",
-                }
-            )
+                    **({"flops": BASE_FLOPS * flops_factor} if state != "failed" else {}),
+                    **({
+                        "params": BASE_PARAMS * params_factor,
+                        "activations": 9.1e6 * flops_factor**0.8,
+                        "latency_ms": BASE_LATENCY * flops_factor**0.7 * (1.3 if spec.fusion == "softmax" else 1.0),
+                    } if measured else {}),
+                },
+                "wall_time_s": 300.0 * flops_factor if state != "rejected" else 0.0,
+                "epochs_done": epochs if measured else 0,
+                "curve": curve if measured else [],
+                "started": f"2026-11-20T10:{len(rows) % 60:02d}:00",
+                "finished": f"2026-11-20T11:{len(rows) % 60:02d}:00",
+            }
+            # as a study makes the configuration id: per group
+            rows.append(table_row(record, trial_id=len(rows), state=state, seed=seed, config_id=config_id(group, {"spec": spec.spec_hash}), group=group, task_kind="detection"))
 
     for network, fusion, ap, params_factor, flops_factor in ABLATION:
         add("ablation", _spec(feature_network=network, fusion=fusion), ap, flops_factor, params_factor)
@@ -133,9 +119,8 @@ def write_fixture_run(directory: Path, finished: bool = True) -> Path:
         add("compound", _spec(1.3, 1.4, 896), 0.0, 5.0, 2.0, seeds=(0,), state="running", params={"phi": 3})
 
     directory.mkdir(parents=True, exist_ok=True)
-    results = pd.DataFrame(rows)
-    results.to_parquet(directory / "results.parquet")
-    results.to_csv(directory / "results.csv", index=False)
+    results = results_table(rows)
+    write_table(directory, results)
     study_yaml = "name: fixture\nexperiment: fpn_ablation\nobjectives: [AP:max, flops:min, latency_ms:min]\n"
     study = {
         "name": "fixture",
