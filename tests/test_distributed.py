@@ -16,6 +16,7 @@ from ray import cloudpickle
 from scaling_lab.data import DetectionLoader, synthetic_dataset
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.study import load_study, run_study
+from scaling_lab.study.candidate import torch_threads
 from scaling_lab.study.fingerprint import definition
 from scaling_lab.study.ray_backend import concurrent_trials
 from scaling_lab.train import distributed, trainer
@@ -117,7 +118,8 @@ def local_ray():
 @pytest.mark.slow
 def test_two_workers_of_four_take_the_steps_of_one_process_of_eight(local_ray):
     budget = Budget(epochs=3)  # 8 images, batch 8: one step per epoch
-    one = trainer.run_trial(DETECTOR, global_batch_task(), budget, device="cpu")
+    with torch_threads(Workers(2).cpus_per_worker):  # each worker's thread count: the same float sums
+        one = trainer.run_trial(DETECTOR, global_batch_task(), budget, device="cpu")
     two = trainer.run_trial(DETECTOR, global_batch_task(), budget, device="cpu", workers=Workers(2))
     assert [e["train_loss"] for e in two.curve] == pytest.approx([e["train_loss"] for e in one.curve], rel=LOSS_TOLERANCE)
     assert abs(two.metrics["AP"] - one.metrics["AP"]) <= 0.01 * max(one.metrics["AP"], 0.01) + 1e-3
@@ -143,7 +145,8 @@ def test_a_stopped_trial_ends_on_every_worker_and_its_checkpoint_serves_evaluate
     assert saved["epoch"] == 1 and not any(key.startswith("module.") for key in saved["model"])
 
     # The validation the two workers shared is the one of one process on the same weights.
-    evaluated = evaluate_spec(DETECTOR, replace(task, init=str(tmp_path / CHECKPOINT_NAME)), budget, device="cpu")
+    with torch_threads(Workers(2).cpus_per_worker):  # each worker's thread count: the same float sums
+        evaluated = evaluate_spec(DETECTOR, replace(task, init=str(tmp_path / CHECKPOINT_NAME)), budget, device="cpu")
     shared = {name: value for name, value in reports[0][1].items() if name not in ("epoch", "train_loss")}
     assert evaluated["metrics"] == pytest.approx(shared, nan_ok=True)
 
