@@ -16,7 +16,7 @@ margin) is at most ``1 - level`` (5 %), however the study stopped.
   interval shown (better, worse, equivalent alike): Bonferroni intervals hold simultaneously, so
   every verdict of a section agrees with its interval and all hold together; Holm's step-down
   decisions have no intervals that agree with them. With the 1 to 5 comparisons of a section the
-  price is small (``tests/test_decisions.py`` and ``benchmarks/adaptive_repeats.py`` measure
+  price is small (``tests/test_adaptive.py`` and ``benchmarks/adaptive_repeats.py`` measure
   the error rates and the trials spent).
 """
 
@@ -111,12 +111,3 @@ def decide_values(
             found = stats.compare(left, right, rule.alpha(found.n, len(pairs)), rule.margin, maximize, pooled, pairable)
         decided[(str(a), str(b))] = found
     return decided
-
-
-def seeds_needed(comparison: stats.Comparison, rule: DecisionRule, family_size: int, gap: float | None = None) -> stats.SeedsNeeded | None:
-    """Seeds for 80 % power against ``gap`` (default the margin) at the last look's level; None
-    without a gap or an sd estimate."""
-    gap = gap if gap is not None else rule.margin
-    if not gap:
-        return None
-    return stats.seeds_for_power(comparison.sd, comparison.df, gap, rule.alpha(rule.max_seeds, family_size))

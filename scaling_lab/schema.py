@@ -43,7 +43,6 @@ PLOTTED_COSTS = ("flops", "params", "activations", "latency_ms")  # the report's
 # Operators fvcore could not count, as "aten::op×calls, ..." (empty when every one was counted).
 UNCOUNTED_COLUMN = "uncounted_ops"
 IDENTITY_COLUMNS = ("trial_id", "state", "error", "seed", "config_id", "group", "spec_hash", "spec")
-RECORD_COLUMNS = ("wall_time_s", "epochs_done", "curve", "started", "finished")
 NUMERIC_COLUMNS = (*ACCURACY_METRICS, *INTERVAL_COLUMNS, *COST_COLUMNS, "wall_time_s", "epochs_done", "seed")
 
 # The libraries whose versions a study records (``study.json``) and a trial keeps with its result.

@@ -30,11 +30,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats as distributions
 
-from scaling_lab.schema import ACCURACY_METRICS
+from scaling_lab.schema import ACCURACY_METRICS, interval_columns
 
 LEVEL = 0.95
 BETTER, WORSE, EQUIVALENT, UNRESOLVED = "better", "worse", "equivalent", "unresolved"
-VERDICTS = (BETTER, WORSE, EQUIVALENT, UNRESOLVED)
 ACCURACY_BOUNDS = (0.0, 1.0)  # AP and top-1 are fractions: no interval crosses 0 or 1
 
 
@@ -295,7 +294,7 @@ def seeds_for_power(sd: float, df: float, gap: float, alpha: float = 1 - LEVEL, 
 
 def bootstrap_bounds(trials: pd.DataFrame, metric: str) -> tuple[float, float] | None:
     """The bootstrap interval of a one-trial configuration, if the table recorded it."""
-    columns = (f"{metric}_ci_low", f"{metric}_ci_high")
+    columns = interval_columns(metric)
     if len(trials) != 1 or not all(c in trials.columns for c in columns):
         return None
     low, high = (trials[c].iloc[0] for c in columns)

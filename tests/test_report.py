@@ -130,7 +130,7 @@ def write_fixture_run(directory: Path, finished: bool = True) -> Path:
             {"metric": "flops", "direction": "minimize"},
             {"metric": "latency_ms", "direction": "minimize"},
         ],
-        "study_file": "studies/fixture.yaml",
+        "study_file": "studies/fixture.yaml",  # fictitious: the report only names it
         "study_yaml": study_yaml,
         "base_spec": BASE.to_dict(),
         "planned_trials": len(rows) + (0 if finished else 4),

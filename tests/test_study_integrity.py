@@ -139,7 +139,7 @@ def test_best_over_integer_and_boolean_parameters(tmp_path):
 
 def test_grid_is_never_cut_short_by_the_rejection_guard_and_unmeasurable_specs_fail_alone(tmp_path, monkeypatch):
     monkeypatch.setattr("scaling_lab.study.session.MAX_CONSECUTIVE_REJECTIONS", 2)
-    from scaling_lab.study import candidate, session
+    from scaling_lab.study import candidate, planning, session
 
     real = candidate.measured_costs
 
@@ -149,7 +149,11 @@ def test_grid_is_never_cut_short_by_the_rejection_guard_and_unmeasurable_specs_f
         return real(spec, base_costs)
 
     monkeypatch.setattr(candidate, "measured_costs", flaky_counts)
-    monkeypatch.setattr(session, "cost_counts", lambda spec, base_costs=None: flaky_counts(spec, base_costs)[0])
+    def flaky_costs(spec, base_costs=None):
+        return flaky_counts(spec, base_costs)[0]
+
+    monkeypatch.setattr(session, "cost_counts", flaky_costs)  # the base's
+    monkeypatch.setattr(planning, "cost_counts", flaky_costs)  # the grid's feasibility check
     path = write_study(tmp_path, repeats=1, search_space={
         "parameters": {"channels": {"type": "grid", "values": [64, 72, 80, 40, 16]}},
         "constraints": {"flops": {"max": 1.2, "relative": True}},

@@ -27,6 +27,7 @@ import pandas as pd
 from scipy import stats as distributions
 
 from scaling_lab.errors import ScalingLabError
+from scaling_lab.schema import interval_columns
 
 REPLICATES = 400
 Z_95 = 1.959963984540054
@@ -111,7 +112,7 @@ def _plain(value: Any) -> Any:
 
 
 def _image_se(trials: pd.DataFrame, metric: str) -> float | None:
-    low, high = f"{metric}_ci_low", f"{metric}_ci_high"
+    low, high = interval_columns(metric)
     if low not in trials.columns or high not in trials.columns or trials[[low, high]].isna().any(axis=None):
         return None
     return float((trials[high] - trials[low]).mean() / (2 * Z_95))

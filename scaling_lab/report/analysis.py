@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -13,7 +12,7 @@ from scaling_lab import paper, stats
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.pareto import pareto_front
 from scaling_lab.report.run import Run
-from scaling_lab.schema import ACCURACY_METRICS, PLOTTED_COSTS, read_curve
+from scaling_lab.schema import ACCURACY_METRICS, PLOTTED_COSTS, flatten_spec, interval_columns, read_curve
 from scaling_lab.study import families
 from scaling_lab.study.winner import WinnerRule, decide_winner, derive_group, rank_configurations
 
@@ -58,14 +57,15 @@ def configurations(run: Run) -> pd.DataFrame:
     pooled = stats.pooled_seed_noise(complete, run.main_metric)
     intervals = [_interval(run, trials, pooled) for _, trials in grouped]
     metric = run.main_metric
-    table[f"{metric}_ci_low"] = [found.low for found in intervals]
-    table[f"{metric}_ci_high"] = [found.high for found in intervals]
+    low, high = interval_columns(metric)
+    table[low] = [found.low for found in intervals]
+    table[high] = [found.high for found in intervals]
     table["interval"] = [found.source for found in intervals]
     matrix, directions = _objective_matrix(run, table)
     # A configuration short of its planned seeds is shown, flagged, but never on the front.
     competing = ~table["incomplete"].to_numpy()
     table["on_front"] = pareto_front(matrix, directions) & competing
-    table["possibly_on_front"] = reaches_front(matrix, directions, _main_column(run, table), table[f"{metric}_ci_high"].to_numpy(dtype=float)) & competing
+    table["possibly_on_front"] = reaches_front(matrix, directions, _main_column(run, table), table[high].to_numpy(dtype=float)) & competing
     return table
 
 
@@ -131,15 +131,7 @@ def spec_summaries(run: Run) -> pd.Series:
 def _flat_base(run: Run) -> dict[str, Any]:
     """The study's base spec as results columns (``backbone.width``, lists as JSON), if recorded."""
     base = run.study.get("base_spec")
-    if not isinstance(base, dict):
-        return {}
-    flat: dict[str, Any] = {}
-    for key, value in base.items():
-        if isinstance(value, dict):
-            flat.update({f"{key}.{k}": json.dumps(v) if isinstance(v, list) else v for k, v in value.items()})
-        else:
-            flat[key] = json.dumps(value) if isinstance(value, list) else value
-    return flat
+    return flatten_spec(base) if isinstance(base, dict) else {}
 
 
 def _objective_matrix(run: Run, table: pd.DataFrame) -> tuple[np.ndarray, list[str]]:

@@ -8,7 +8,7 @@ from plotly.subplots import make_subplots
 
 from scaling_lab.report.analysis import front_on, reaches_front
 from scaling_lab.report.run import Run
-from scaling_lab.schema import ACCURACY_METRICS, read_curve
+from scaling_lab.schema import ACCURACY_METRICS, interval_columns, read_curve
 
 COST_AXES = {
     "flops": ("FLOPs (multiply-adds, log)", "log"),
@@ -45,7 +45,7 @@ def hover_texts(run: Run, configs: pd.DataFrame) -> list[str]:
     texts = []
     for _, row in configs.iterrows():
         spread = f" ± {row[metric + '_std'] * factor:.2f} sd" if pd.notna(row.get(metric + "_std")) else ""
-        low, high = row.get(metric + "_ci_low"), row.get(metric + "_ci_high")
+        low, high = (row.get(column) for column in interval_columns(metric))
         bounds = f", 95 % [{low * factor:.2f}, {high * factor:.2f}]" if pd.notna(low) and pd.notna(high) else ""
         costs = ", ".join(f"{cost} {human(row[cost])}" for cost in COST_AXES if cost in row and pd.notna(row[cost]))
         texts.append(
@@ -58,14 +58,15 @@ def hover_texts(run: Run, configs: pd.DataFrame) -> list[str]:
 
 def error_bars(rows: pd.DataFrame, metric: str) -> dict | None:
     """Asymmetric error bars from the 95 % interval columns (``analysis.configurations``)."""
-    if f"{metric}_ci_low" not in rows.columns:
+    low, high = interval_columns(metric)
+    if low not in rows.columns:
         return None
     factor = scale(metric)
     return dict(
         type="data",
         symmetric=False,
-        array=(rows[f"{metric}_ci_high"] - rows[metric]).clip(lower=0) * factor,
-        arrayminus=(rows[metric] - rows[f"{metric}_ci_low"]).clip(lower=0) * factor,
+        array=(rows[high] - rows[metric]).clip(lower=0) * factor,
+        arrayminus=(rows[metric] - rows[low]).clip(lower=0) * factor,
         thickness=1.2,
         width=3,
     )
@@ -89,7 +90,8 @@ def pareto_figure(run: Run, configs: pd.DataFrame, cost: str) -> go.Figure:
     points = configs.dropna(subset=[metric, cost]).copy()
     points["hover"] = hover_texts(run, points)
     points["front"] = front_on(points, metric, cost)
-    optimistic = points[f"{metric}_ci_high"] if f"{metric}_ci_high" in points.columns else points[metric]
+    high = interval_columns(metric)[1]
+    optimistic = points[high] if high in points.columns else points[metric]
     points["possibly"] = reaches_front(points[[metric, cost]].to_numpy(dtype=float), ["maximize", "minimize"], 0, optimistic.to_numpy(dtype=float))
     points["colour"] = colour_labels(points)
     figure = go.Figure()

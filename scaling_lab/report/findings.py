@@ -12,6 +12,7 @@ from scaling_lab import paper
 from scaling_lab.report import analysis, comparisons
 from scaling_lab.report.figures import scale
 from scaling_lab.report.run import Run
+from scaling_lab.schema import interval_columns
 
 
 def _row_text(comparison_row: pd.Series, factor: float) -> str:
@@ -28,6 +29,7 @@ def feature_network_lines(run: Run, configs: pd.DataFrame) -> list[str]:
     if rows.empty:
         return ["No feature-network comparison in this run."]
     metric, factor = run.main_metric, scale(run.main_metric)
+    low, high = interval_columns(metric)
     rows = comparisons.ablation_comparisons(run, rows)
     baseline_ap = paper.FEATURE_NETWORKS[0].ap
     lines = [
@@ -38,7 +40,7 @@ def feature_network_lines(run: Run, configs: pd.DataFrame) -> list[str]:
         paper_ap = _paper_ap(row["feature_network"], row.get("fusion", ""))
         lines.append(
             f"| {row['paper_name'] or row['feature_network']} | {row.get('fusion', '')} | {row.get('flops_ratio', float('nan')):.2f}x "
-            f"| {row[metric] * factor:.2f} [{row[f'{metric}_ci_low'] * factor:.2f}, {row[f'{metric}_ci_high'] * factor:.2f}] "
+            f"| {row[metric] * factor:.2f} [{row[low] * factor:.2f}, {row[high] * factor:.2f}] "
             f"| {_row_text(row, factor)} | {row['verdict']} | {'–' if paper_ap is None else f'{paper_ap - baseline_ap:+.2f}'} |"
         )
     weighted = rows[(rows["feature_network"] == "bifpn") & (rows["fusion"] == "fast")]

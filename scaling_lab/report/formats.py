@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 
 from scaling_lab.report.figures import scale
+from scaling_lab.schema import interval_columns
 
 
 def text(value: Any) -> str:
@@ -38,4 +39,5 @@ def mean_std(frame: pd.DataFrame, metric: str) -> pd.Series:
 def interval(metric: str) -> Any:
     """The 95 % interval columns of ``metric`` as ``[low, high]`` in display units."""
     factor = scale(metric)
-    return lambda row: "–" if pd.isna(row[f"{metric}_ci_low"]) else f"[{row[f'{metric}_ci_low'] * factor:.2f}, {row[f'{metric}_ci_high'] * factor:.2f}]"
+    low, high = interval_columns(metric)
+    return lambda row: "–" if pd.isna(row[low]) else f"[{row[low] * factor:.2f}, {row[high] * factor:.2f}]"

@@ -14,7 +14,7 @@ from scaling_lab.report.formats import interval, mean_std, number, percent, rati
 from scaling_lab.report.html import Page, definitions, paragraph, preformatted, table
 from scaling_lab.report.paper_tables import add_paper
 from scaling_lab.report.run import Run
-from scaling_lab.schema import ACCURACY_METRICS, PLOTTED_COSTS
+from scaling_lab.schema import ACCURACY_METRICS, PLOTTED_COSTS, interval_columns
 
 Section = Callable[[Page, Run, pd.DataFrame], None]
 
@@ -23,7 +23,7 @@ def with_interval_text(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     """``metric_text`` (mean ± sd) and ``interval_text`` (95 % interval) columns for a table."""
     if frame.empty:
         return frame.assign(metric_text=[], interval_text=[])
-    texts = frame.apply(interval(metric), axis=1) if f"{metric}_ci_low" in frame.columns else "–"
+    texts = frame.apply(interval(metric), axis=1) if interval_columns(metric)[0] in frame.columns else "–"
     return frame.assign(metric_text=mean_std(frame, metric), interval_text=texts)
 
 
@@ -224,7 +224,7 @@ def add_trials(page: Page, run: Run, configs: pd.DataFrame) -> None:
     trials = run.trials.copy()
     trials["summary"] = trials["config_id"].map(analysis.spec_summaries(run))
     metrics = [m for m in ACCURACY_METRICS if m in trials.columns and trials[m].notna().any()]
-    bootstrapped = [m for m in metrics if f"{m}_ci_low" in trials.columns and trials[f"{m}_ci_low"].notna().any()]
+    bootstrapped = [m for m in metrics if interval_columns(m)[0] in trials.columns and trials[interval_columns(m)[0]].notna().any()]
     for metric in bootstrapped:
         trials[f"{metric}_interval"] = trials.apply(interval(metric), axis=1)
     costs = [c for c in (*PLOTTED_COSTS, "flops_ratio", "wall_time_s", "epochs_done") if c in trials.columns and trials[c].notna().any()]

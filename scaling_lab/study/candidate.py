@@ -34,10 +34,6 @@ if TYPE_CHECKING:
 EpochHook = Callable[[int, Mapping[str, float], dict], None]
 
 
-class TrialFailed(Exception):
-    """A trial that raised or returned unusable metrics; recorded as failed, the study goes on."""
-
-
 def default_trial_function() -> TrialFunction:
     from scaling_lab.train.trainer import run_trial
 

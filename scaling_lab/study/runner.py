@@ -124,7 +124,9 @@ def run_study(
             f"trial_function {getattr(trial_function, '__name__', trial_function)!r}: {'; '.join(problems)}; "
             "it must take the parameters of scaling_lab.trial.TrialFunction"
         )
-    if config.resources.workers > 1 and trial_function is not None and "workers" not in inspect.signature(trial_function).parameters:
+    parameters = inspect.signature(trial_function).parameters.values() if trial_function is not None else ()
+    takes_workers = any(p.name == "workers" or p.kind == p.VAR_KEYWORD for p in parameters)
+    if config.resources.workers > 1 and trial_function is not None and not takes_workers:
         raise ScalingLabError(
             f"resources.workers {config.resources.workers}: trial_function {getattr(trial_function, '__name__', trial_function)!r} "
             "takes no parameter 'workers'; data-parallel trials need scaling_lab.train.run_trial (or a function with its workers parameter)"

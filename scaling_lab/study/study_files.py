@@ -11,6 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from scaling_lab.decisions import UNTIL
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.ranges import Range
 from scaling_lab.schema import COST_COLUMNS, quality_metrics
@@ -154,7 +155,7 @@ def _parse_repeats(where: str, raw: Any) -> Repeats:
             raise _fail(where, f"repeats.{key}: missing; adaptive repeats need min and max seeds, e.g. {{min: 3, max: 12, until: resolved}}")
     low = _integer(where, "repeats.min", data["min"], 2)  # one seed says nothing about seed noise
     high = _integer(where, "repeats.max", data["max"], low)
-    until = _choice(where, "repeats.until", data.get("until", "resolved"), ("resolved",))
+    until = _choice(where, "repeats.until", data.get("until", UNTIL[0]), UNTIL)
     margin = float(_number(where, "repeats.margin", data.get("margin", 0.0), Range(0)))
     budget = _mapping(where, "repeats.budget", data.get("budget"), ("trials", "hours"))
     trials = _integer(where, "repeats.budget.trials", budget["trials"], 1) if "trials" in budget else None

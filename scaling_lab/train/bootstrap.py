@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from pycocotools.cocoeval import COCOeval
 
+from scaling_lab.schema import interval_columns
 from scaling_lab.stats import percentile_interval
 
 BOOTSTRAP_REPLICATES = 200
@@ -137,4 +138,4 @@ def bootstrap_ap(
         ap.append(chunk_ap)
         ap50.append(chunk_ap50)
     intervals = {"AP": percentile_interval(np.concatenate(ap)), "AP50": percentile_interval(np.concatenate(ap50))}
-    return {f"{metric}_ci_{side}": bound for metric, (low, high) in intervals.items() for side, bound in (("low", low), ("high", high))}
+    return {column: bound for metric, bounds in intervals.items() for column, bound in zip(interval_columns(metric), bounds)}

@@ -23,7 +23,7 @@ class Precision:
 
     @property
     def dtype_name(self) -> str:
-        """As ``measure.measure_latency`` names it."""
+        """As ``latency.measure_latency`` names it."""
         return "bfloat16" if self.amp_dtype is not None else "float32"
 
     def autocast(self) -> torch.autocast:
