@@ -22,7 +22,6 @@ FINISHED_STATES = tuple(state for state in TRIAL_STATES if state != "running")
 DETECTION_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval.stats[0:6], in its order
 CLASSIFICATION_METRICS = ("top1", "top5")
 ACCURACY_METRICS = (*DETECTION_METRICS, *CLASSIFICATION_METRICS)
-BOOTSTRAPPED_METRICS = ("AP", "AP50")  # each trial's 95 % interval over its validation images
 
 
 def quality_metrics(task_kind: str) -> tuple[str, ...]:

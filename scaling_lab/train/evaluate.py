@@ -29,7 +29,7 @@ def coco_metrics(coco_gt: COCO, results: list[dict[str, Any]], image_ids: Iterab
     """COCOeval (bbox) of result records on ``image_ids`` only; no detections at all scores 0.
 
     Besides COCOeval's six numbers: the 95 % bootstrap intervals of AP and AP50 over the images
-    (``schema.BOOTSTRAPPED_METRICS``, see ``scaling_lab.train.bootstrap``), from the same per-image matches."""
+    (``schema.interval_columns``, see ``scaling_lab.train.bootstrap``), from the same per-image matches."""
     image_ids = sorted(set(image_ids))
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with quiet:
