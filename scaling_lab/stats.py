@@ -257,11 +257,15 @@ class SeedsNeeded:
     power: float
     cap: int = field(default=1000, compare=False)
 
-    def text(self, factor: float = 1.0) -> str:
+    def seeds_text(self) -> str:
+        """``64 seeds [21, > 1000]``: at the sd's estimate [at the ends of its interval]."""
         def count(n: int | None) -> str:
             return f"> {self.cap}" if n is None else str(n)
 
-        return f"{count(self.seeds)} seeds [{count(self.low)}, {count(self.high)}] for {self.power:.0%} power at a gap of {self.gap * factor:g}"
+        return f"{count(self.seeds)} seeds [{count(self.low)}, {count(self.high)}]"
+
+    def text(self, factor: float = 1.0) -> str:
+        return f"{self.seeds_text()} for {self.power:.0%} power at a gap of {self.gap * factor:g}"
 
 
 def seeds_for_power(sd: float, df: float, gap: float, alpha: float = 1 - LEVEL, power: float = 0.8, cap: int = 1000) -> SeedsNeeded | None:

@@ -144,15 +144,6 @@ def write_fixture_run(directory: Path, finished: bool = True) -> Path:
     return directory
 
 
-@pytest.fixture(autouse=True)
-def report_command_registered(monkeypatch):
-    """Until the lead lists it in cli.COMMAND_MODULES, register the report subcommand for these tests."""
-    import scaling_lab.cli
-
-    if "scaling_lab.report.commands" not in scaling_lab.cli.COMMAND_MODULES:
-        monkeypatch.setattr(scaling_lab.cli, "COMMAND_MODULES", (*scaling_lab.cli.COMMAND_MODULES, "scaling_lab.report.commands"))
-
-
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return write_fixture_run(tmp_path / "runs" / "fixture")

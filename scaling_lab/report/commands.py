@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from scaling_lab.errors import no_space_left
-from scaling_lab.files import check_output_folder, folder_argument
+from scaling_lab.errors import ScalingLabError, no_space_left
+from scaling_lab.files import atomic_write_text, check_output_folder, folder_argument
 from scaling_lab.ranges import POSITIVE_INT, flag
-from scaling_lab.report import report_dir_for, write_report
+from scaling_lab.report import load_run, report_dir_for, write_report
+from scaling_lab.report.findings import refresh_document
 from scaling_lab.study.study_files import BACKENDS, load_study
 from scaling_lab.study.run_folder import check_before_resume, checked_run_dir
 from scaling_lab.study.runner import run_study
@@ -35,10 +37,21 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("--profile", help="the run folder of this profile of the study file (runs/<name>-<profile>)")
     report.add_argument("--out", type=folder_argument, help="folder for the report (default reports/<run folder name>, or <run folder>/report outside runs/)")
     report.add_argument("--no-png", action="store_true", help="skip the PNG figures (they need kaleido and a Chromium)")
+    report.add_argument(
+        "--document", type=Path, metavar="PAGE",
+        help="instead of a report, re-derive the generated blocks (<!-- scaling-lab: NAME -->) of a Markdown page, e.g. docs/proxy-findings.md, from this run",
+    )
     report.set_defaults(func=report_command)
 
 
 def report_command(args: argparse.Namespace) -> int:
+    if args.document is not None:
+        if not args.document.is_file():
+            raise ScalingLabError(f"--document {args.document}: no such file; give a Markdown page with generated blocks")
+        run = load_run(checked_run_dir(args.study, args.profile))
+        atomic_write_text(args.document, refresh_document(args.document.read_text(encoding="utf-8"), run, str(args.document)))
+        print(args.document)
+        return 0
     if args.out is not None:
         check_output_folder(args.out, "--out")
     index = write_report(checked_run_dir(args.study, args.profile), args.out, png=not args.no_png)
