@@ -4,6 +4,8 @@ The Ray tests share one local Ray (3 CPUs: two workers and a Tune trial's share)
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -14,7 +16,7 @@ import torch
 from ray import cloudpickle
 
 from scaling_lab.data import DetectionLoader, synthetic_dataset
-from scaling_lab.errors import ScalingLabError
+from scaling_lab.errors import MachineFault, ScalingLabError
 from scaling_lab.study import load_study, run_study
 from scaling_lab.study.candidate import torch_threads
 from scaling_lab.study.fingerprint import definition
@@ -177,6 +179,33 @@ def test_a_rank_failing_mid_epoch_ends_the_trial_with_its_reason_without_a_hang(
     started = time.monotonic()
     with pytest.raises(distributed.WorkerFailed, match="worker 1 of 2 failed: RuntimeError: rank 1 lost its device"):
         distributed.run_on_workers(train_failing_on_rank_1, arguments, Workers(2), report=None)
+    assert time.monotonic() - started < FAILURE_TIMEOUT_S
+
+
+def train_killed_on_rank_1(replicas, **arguments):
+    """``train``, except that rank 1's process is killed (SIGKILL, as the out-of-memory killer or a
+    lost machine ends it) in the second step of its first epoch."""
+    if replicas.rank == 1:
+        original, steps = trainer.DetectionObjective.loss, []
+
+        def killed(self, model, batch, channels_last):
+            steps.append(1)
+            if len(steps) == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(self, model, batch, channels_last)
+
+        trainer.DetectionObjective.loss = killed
+    return trainer.train(replicas=replicas, **arguments)
+
+
+@pytest.mark.slow
+def test_a_rank_whose_process_dies_interrupts_the_trial_as_a_machine_fault(local_ray, tmp_path):
+    task = global_batch_task(synthetic=tuple(sorted({**SCENES, "train_images": 16}.items())))
+    arguments = dict(spec=DETECTOR, task=task, budget=Budget(epochs=2), seed=0, checkpoint_dir=None, progress=False)
+    started = time.monotonic()
+    with pytest.raises(MachineFault, match="worker 1 of 2 was lost") as lost:
+        distributed.run_on_workers(train_killed_on_rank_1, arguments, Workers(2), report=None)
+    assert isinstance(lost.value, distributed.WorkerLost)
     assert time.monotonic() - started < FAILURE_TIMEOUT_S
 
 

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import torch
 
-from scaling_lab.errors import ScalingLabError
+from scaling_lab.errors import MachineFault, ScalingLabError
 from scaling_lab.train.replicas import Replicas
 from scaling_lab.trial import ReportCallback, Workers
 
@@ -42,6 +42,11 @@ _POLL_S = 0.2
 
 class WorkerFailed(ScalingLabError):
     """A worker of a data-parallel trial raised or died; the message names the rank and its error."""
+
+
+class WorkerLost(MachineFault):
+    """A worker's process or machine died (killed by the out-of-memory killer, a lost node): a
+    fault of the machine, so the trial is recorded as interrupted and resumed, not failed."""
 
 
 class _Stopped(Exception):
@@ -163,13 +168,24 @@ def run_on_workers(train: Callable[..., Any], arguments: dict[str, Any], workers
 
 
 def worker_failure(error: Exception, count: int) -> Exception:
-    """The error a failed data-parallel trial raises: the failing rank's own ``ScalingLabError``
-    (say, ``TrainingDiverged``) as it is, anything else as ``WorkerFailed`` naming the rank."""
+    """The error a failed data-parallel trial raises: ``WorkerLost`` where a rank's process or
+    machine died (the others then fail on the broken collective), else the failing rank's own
+    ``ScalingLabError`` (say, ``TrainingDiverged``) as it is, anything else as ``WorkerFailed``
+    naming the rank."""
+    from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
+
     failures: dict[int, BaseException] = getattr(error, "worker_failures", None) or {}
     if not failures:
         return WorkerFailed(f"the data-parallel trial on {count} workers failed: {error}")
-    rank, cause = min(failures.items())
-    cause = getattr(cause, "cause", None) or cause  # a RayTaskError wraps the worker's exception
+    # A RayTaskError wraps the worker's own exception; Ray Train's failed health check wraps the death of the worker's actor.
+    causes = {rank: getattr(cause, "cause", None) or getattr(cause, "health_check_failure", None) or cause for rank, cause in sorted(failures.items())}
+    for rank, cause in causes.items():
+        if isinstance(cause, (RayActorError, WorkerCrashedError, NodeDiedError)):
+            return WorkerLost(
+                f"worker {rank} of {count} was lost: its process or machine died ({type(cause).__name__}); "
+                "the trial is interrupted, and the next run resumes it from its last checkpoint"
+            )
+    rank, cause = next(iter(causes.items()))
     if isinstance(cause, ScalingLabError):
         return cause
     return WorkerFailed(f"worker {rank} of {count} failed: {type(cause).__name__}: {cause}")
