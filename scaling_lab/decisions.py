@@ -89,8 +89,10 @@ def decide(
     done = stats.complete_trials(results).dropna(subset=[metric])
     wanted = {str(c) for pair in pairs for c in pair}
     pairable = "seed" in done.columns
-    values = {str(cid): stats.seed_values(trials, metric) for cid, trials in done.groupby("config_id", sort=False) if str(cid) in wanted}
-    return decide_values(values, pairs, rule, maximize, stats.pooled_seed_noise(done, metric), pairable)
+    groups = [(str(cid), trials) for cid, trials in done.groupby("config_id", sort=False) if str(cid) in wanted]
+    values = {cid: stats.seed_values(trials, metric) for cid, trials in groups}
+    images = {cid: found for cid, trials in groups if (found := stats.image_replicates(trials, metric)) is not None}
+    return decide_values(values, pairs, rule, maximize, stats.pooled_seed_noise(done, metric), pairable, images)
 
 
 def decide_values(
@@ -100,14 +102,17 @@ def decide_values(
     maximize: bool = True,
     pooled: stats.SeedNoise | None = None,
     pairable: bool = True,
+    images: Mapping[str, stats.ImageReplicates] | None = None,
 ) -> dict[tuple[str, str], stats.Comparison]:
-    """``decide`` on per-configuration values indexed by seed (a missing configuration has none)."""
+    """``decide`` on per-configuration values indexed by seed (a missing configuration has none)
+    and the bootstrap replicates over images of one-trial configurations."""
     empty = pd.Series(dtype=float)
     decided = {}
     for a, b in pairs:
         left, right = values.get(str(a), empty), values.get(str(b), empty)
-        found = stats.compare(left, right, rule.alpha(rule.min_seeds, len(pairs)), rule.margin, maximize, pooled, pairable)
+        sides = ((images or {}).get(str(a)), (images or {}).get(str(b)))
+        found = stats.compare(left, right, rule.alpha(rule.min_seeds, len(pairs)), rule.margin, maximize, pooled, pairable, sides)
         if rule.spent(found.n) != rule.spent(rule.min_seeds):
-            found = stats.compare(left, right, rule.alpha(found.n, len(pairs)), rule.margin, maximize, pooled, pairable)
+            found = stats.compare(left, right, rule.alpha(found.n, len(pairs)), rule.margin, maximize, pooled, pairable, sides)
         decided[(str(a), str(b))] = found
     return decided

@@ -48,7 +48,8 @@ def interval_note(run: Run) -> str:
         "A configuration's interval is 95 % over its seeds (Student t); with one seed, over the seed noise pooled from the "
         "configurations with two or more, else its trial's bootstrap over validation images (which leaves training noise out). "
         "A difference is paired over the seeds both sides share (two or more; the seeds used are listed), else Welch; "
-        "a side with one seed needs the pooled seed noise, or the comparison stays unresolved. "
+        "a side with one seed needs the pooled seed noise, or the comparison stays unresolved: two one-seed trials scored on "
+        "the same images then show a paired bootstrap over those images, which compares the two trained models only. "
         + comparisons.rule(run).describe(scale(run.main_metric), unit)
     )
 
