@@ -84,14 +84,24 @@ def decide(
     metric: str,
     rule: DecisionRule,
     maximize: bool = True,
+    combinations: Mapping[str, Sequence[tuple[str, float]]] | None = None,
 ) -> dict[tuple[str, str], stats.Comparison]:
-    """Each ``(a, b)`` pair of one family (report section) decided by ``rule``: ``a - b``."""
+    """Each ``(a, b)`` pair of one family (report section) decided by ``rule``: ``a - b``. An id
+    of ``combinations`` stands for the weighted sum of its configurations (e.g. a rule's metric
+    interpolated at compound's FLOPs), per seed (``stats.combine``)."""
     done = stats.complete_trials(results).dropna(subset=[metric])
-    wanted = {str(c) for pair in pairs for c in pair}
+    combinations = combinations or {}
+    wanted = {member for pair in pairs for c in pair for member, _ in combinations.get(str(c), ((str(c), 1.0),))}
     pairable = "seed" in done.columns
     groups = [(str(cid), trials) for cid, trials in done.groupby("config_id", sort=False) if str(cid) in wanted]
     values = {cid: stats.seed_values(trials, metric) for cid, trials in groups}
     images = {cid: found for cid, trials in groups if (found := stats.image_replicates(trials, metric)) is not None}
+    empty = pd.Series(dtype=float)
+    for cid, parts in combinations.items():
+        values[cid] = stats.combine([(values.get(member, empty), weight) for member, weight in parts]) if pairable else empty
+        found = stats.combine_images([(images.get(member), weight) for member, weight in parts])
+        if found is not None:
+            images[cid] = found
     return decide_values(values, pairs, rule, maximize, stats.pooled_seed_noise(done, metric), pairable, images)
 
 

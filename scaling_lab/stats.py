@@ -220,6 +220,22 @@ def image_replicates(trials: pd.DataFrame, metric: str) -> ImageReplicates | Non
     return ImageReplicates(str(kept["resampling"]), np.asarray(values, dtype=float))
 
 
+def combine(parts: Sequence[tuple[pd.Series, float]]) -> pd.Series:
+    """The weighted sum of configurations' per-seed values on the seeds all of them have (so a
+    combination stays paired by seed with the configuration it is compared with)."""
+    shared = parts[0][0].index
+    for values, _ in parts[1:]:
+        shared = shared.intersection(values.index)
+    return sum((values.loc[shared] * weight for values, weight in parts), pd.Series(0.0, index=shared)).astype(float)
+
+
+def combine_images(parts: Sequence[tuple[ImageReplicates | None, float]]) -> ImageReplicates | None:
+    """The weighted sum of one-trial configurations' replicates drawn on the same images, else None."""
+    if any(found is None for found, _ in parts) or len({found.resampling for found, _ in parts}) != 1:
+        return None
+    return ImageReplicates(parts[0][0].resampling, sum(found.values * weight for found, weight in parts))
+
+
 def paired_image_comparison(
     difference: float, a: ImageReplicates, b: ImageReplicates, alpha: float, margin: float, maximize: bool, **common
 ) -> Comparison:

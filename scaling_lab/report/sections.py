@@ -198,7 +198,12 @@ def add_compound(page: Page, run: Run, configs: pd.DataFrame) -> None:
         if not matched.empty:
             parts += [
                 "<h3>Compound against single-dimension scaling at the same phi (FLOPs target 2^phi)</h3>",
-                paragraph("Measured FLOPs ratios to the base beside each difference: a comparison is fair only where they match. " + interval_note(run)),
+                paragraph(
+                    "Measured FLOPs ratios to the base beside each difference: a comparison is fair only where they match. Where the "
+                    "rule's point at that phi is more than 10 % off compound's FLOPs, the rule is read at compound's FLOPs, interpolated "
+                    "linearly in log FLOPs between the two points of its curve around them, per seed (so still paired); where its curve "
+                    "does not reach around them, no verdict. " + interval_note(run)
+                ),
                 table(
                     matched,
                     {
@@ -206,6 +211,7 @@ def add_compound(page: Page, run: Run, configs: pd.DataFrame) -> None:
                         "rule": ("against", text),
                         "compound_flops_ratio": ("compound FLOPs", ratio),
                         "rule_flops_ratio": ("its FLOPs", ratio),
+                        "rule_points": (f"its {run.main_metric}", text),
                         "compound_metric": (f"compound {run.main_metric}", percent(run.main_metric)),
                         "rule_metric": (f"its {run.main_metric}", percent(run.main_metric)),
                         **comparison_columns(run.main_metric, "compound − it"),
