@@ -23,13 +23,27 @@ margin) is at most ``1 - level`` (5 %), however the study stopped.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
 from scaling_lab import stats
 
 UNTIL = ("resolved",)
+FALLBACK_METRICS = ("AP", "top1")
+
+
+def verdict_metric(objectives: Sequence[Mapping[str, Any]], columns: Iterable[str]) -> tuple[str, bool] | None:
+    """The metric a study's comparisons are decided on (the report's and the adaptive rounds'
+    alike) and whether higher is better: the first maximized objective the results have, else
+    AP or top-1; else the first objective with its direction; None when the results have none."""
+    present = set(columns)
+    for metric in [o["metric"] for o in objectives if o.get("direction") == "maximize"] + list(FALLBACK_METRICS):
+        if metric in present:
+            return str(metric), True
+    if objectives and objectives[0].get("metric") in present:
+        return str(objectives[0]["metric"]), objectives[0].get("direction", "maximize") == "maximize"
+    return None
 
 
 @dataclass(frozen=True)
