@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from scaling_lab import stats
+from scaling_lab import image_replicates, stats
 
 UNTIL = ("resolved",)
 FALLBACK_METRICS = ("AP", "top1")
@@ -109,11 +109,11 @@ def decide(
     pairable = "seed" in done.columns
     groups = [(str(cid), trials) for cid, trials in done.groupby("config_id", sort=False) if str(cid) in wanted]
     values = {cid: stats.seed_values(trials, metric) for cid, trials in groups}
-    images = {cid: found for cid, trials in groups if (found := stats.image_replicates(trials, metric)) is not None}
+    images = {cid: found for cid, trials in groups if (found := image_replicates.image_replicates(trials, metric)) is not None}
     empty = pd.Series(dtype=float)
     for cid, parts in combinations.items():
         values[cid] = stats.combine([(values.get(member, empty), weight) for member, weight in parts]) if pairable else empty
-        found = stats.combine_images([(images.get(member), weight) for member, weight in parts])
+        found = image_replicates.combine_images([(images.get(member), weight) for member, weight in parts])
         if found is not None:
             images[cid] = found
     return decide_values(values, pairs, rule, maximize, stats.pooled_seed_noise(done, metric), pairable, images)
@@ -126,7 +126,7 @@ def decide_values(
     maximize: bool = True,
     pooled: stats.SeedNoise | None = None,
     pairable: bool = True,
-    images: Mapping[str, stats.ImageReplicates] | None = None,
+    images: Mapping[str, image_replicates.ImageReplicates] | None = None,
 ) -> dict[tuple[str, str], stats.Comparison]:
     """``decide`` on per-configuration values indexed by seed (a missing configuration has none)
     and the bootstrap replicates over images of one-trial configurations."""

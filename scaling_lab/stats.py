@@ -26,7 +26,6 @@ The level of each interval (family-wise correction, looks of an adaptive study) 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -35,7 +34,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as distributions
 
-from scaling_lab.schema import ACCURACY_METRICS, BOOTSTRAP_COLUMN, interval_columns
+from scaling_lab.image_replicates import ImageReplicates, image_replicates
+from scaling_lab.schema import ACCURACY_METRICS, interval_columns
 
 LEVEL = 0.95
 BETTER, WORSE, EQUIVALENT, UNRESOLVED = "better", "worse", "equivalent", "unresolved"
@@ -196,30 +196,6 @@ def verdict(low: float, high: float, maximize: bool = True, margin: float = 0.0)
     return UNRESOLVED
 
 
-@dataclass(frozen=True)
-class ImageReplicates:
-    """One trial's bootstrap replicates of a metric over its validation images, and the
-    fingerprint of their resampling (equal fingerprints: the same image weights per replicate)."""
-
-    resampling: str
-    values: np.ndarray
-
-
-def image_replicates(trials: pd.DataFrame, metric: str) -> ImageReplicates | None:
-    """The bootstrap replicates of a one-trial configuration's ``metric``, if its row kept them."""
-    if len(trials) != 1 or BOOTSTRAP_COLUMN not in trials.columns:
-        return None
-    text = trials[BOOTSTRAP_COLUMN].iloc[0]
-    try:
-        kept = json.loads(text) if isinstance(text, str) and text else {}
-    except json.JSONDecodeError:
-        return None
-    values = kept.get(metric) if isinstance(kept, dict) else None
-    if not values or not kept.get("resampling"):
-        return None
-    return ImageReplicates(str(kept["resampling"]), np.asarray(values, dtype=float))
-
-
 def combine(parts: Sequence[tuple[pd.Series, float]]) -> pd.Series:
     """The weighted sum of configurations' per-seed values on the seeds all of them have (so a
     combination stays paired by seed with the configuration it is compared with)."""
@@ -227,13 +203,6 @@ def combine(parts: Sequence[tuple[pd.Series, float]]) -> pd.Series:
     for values, _ in parts[1:]:
         shared = shared.intersection(values.index)
     return sum((values.loc[shared] * weight for values, weight in parts), pd.Series(0.0, index=shared)).astype(float)
-
-
-def combine_images(parts: Sequence[tuple[ImageReplicates | None, float]]) -> ImageReplicates | None:
-    """The weighted sum of one-trial configurations' replicates drawn on the same images, else None."""
-    if any(found is None for found, _ in parts) or len({found.resampling for found, _ in parts}) != 1:
-        return None
-    return ImageReplicates(parts[0][0].resampling, sum(found.values * weight for found, weight in parts))
 
 
 def paired_image_comparison(

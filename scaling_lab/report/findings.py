@@ -73,7 +73,7 @@ def scaling_lines(run: Run, configs: pd.DataFrame) -> list[str]:
 
 
 def _interpolated(row: pd.Series) -> str:
-    return f" ({row['rule_points']})" if row.get("interpolated") is not None else ""
+    return f" ({row['rule_points']})" if row.get("rule_points", "measured") != "measured" else ""
 
 
 def figure_lines(figures: list[tuple[str, str]]) -> list[str]:
