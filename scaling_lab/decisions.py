@@ -23,13 +23,27 @@ margin) is at most ``1 - level`` (5 %), however the study stopped.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from scaling_lab import stats
+from scaling_lab import image_replicates, stats
 
 UNTIL = ("resolved",)
+FALLBACK_METRICS = ("AP", "top1")
+
+
+def verdict_metric(objectives: Sequence[Mapping[str, Any]], columns: Iterable[str]) -> tuple[str, bool] | None:
+    """The metric a study's comparisons are decided on (the report's and the adaptive rounds'
+    alike) and whether higher is better: the first maximized objective the results have, else
+    AP or top-1; else the first objective with its direction; None when the results have none."""
+    present = set(columns)
+    for metric in [o["metric"] for o in objectives if o.get("direction") == "maximize"] + list(FALLBACK_METRICS):
+        if metric in present:
+            return str(metric), True
+    if objectives and objectives[0].get("metric") in present:
+        return str(objectives[0]["metric"]), objectives[0].get("direction", "maximize") == "maximize"
+    return None
 
 
 @dataclass(frozen=True)
@@ -84,13 +98,25 @@ def decide(
     metric: str,
     rule: DecisionRule,
     maximize: bool = True,
+    combinations: Mapping[str, Sequence[tuple[str, float]]] | None = None,
 ) -> dict[tuple[str, str], stats.Comparison]:
-    """Each ``(a, b)`` pair of one family (report section) decided by ``rule``: ``a - b``."""
+    """Each ``(a, b)`` pair of one family (report section) decided by ``rule``: ``a - b``. An id
+    of ``combinations`` stands for the weighted sum of its configurations (e.g. a rule's metric
+    interpolated at compound's FLOPs), per seed (``stats.combine``)."""
     done = stats.complete_trials(results).dropna(subset=[metric])
-    wanted = {str(c) for pair in pairs for c in pair}
+    combinations = combinations or {}
+    wanted = {member for pair in pairs for c in pair for member, _ in combinations.get(str(c), ((str(c), 1.0),))}
     pairable = "seed" in done.columns
-    values = {str(cid): stats.seed_values(trials, metric) for cid, trials in done.groupby("config_id", sort=False) if str(cid) in wanted}
-    return decide_values(values, pairs, rule, maximize, stats.pooled_seed_noise(done, metric), pairable)
+    groups = [(str(cid), trials) for cid, trials in done.groupby("config_id", sort=False) if str(cid) in wanted]
+    values = {cid: stats.seed_values(trials, metric) for cid, trials in groups}
+    images = {cid: found for cid, trials in groups if (found := image_replicates.image_replicates(trials, metric)) is not None}
+    empty = pd.Series(dtype=float)
+    for cid, parts in combinations.items():
+        values[cid] = stats.combine([(values.get(member, empty), weight) for member, weight in parts]) if pairable else empty
+        found = image_replicates.combine_images([(images.get(member), weight) for member, weight in parts])
+        if found is not None:
+            images[cid] = found
+    return decide_values(values, pairs, rule, maximize, stats.pooled_seed_noise(done, metric), pairable, images)
 
 
 def decide_values(
@@ -100,14 +126,17 @@ def decide_values(
     maximize: bool = True,
     pooled: stats.SeedNoise | None = None,
     pairable: bool = True,
+    images: Mapping[str, image_replicates.ImageReplicates] | None = None,
 ) -> dict[tuple[str, str], stats.Comparison]:
-    """``decide`` on per-configuration values indexed by seed (a missing configuration has none)."""
+    """``decide`` on per-configuration values indexed by seed (a missing configuration has none)
+    and the bootstrap replicates over images of one-trial configurations."""
     empty = pd.Series(dtype=float)
     decided = {}
     for a, b in pairs:
         left, right = values.get(str(a), empty), values.get(str(b), empty)
-        found = stats.compare(left, right, rule.alpha(rule.min_seeds, len(pairs)), rule.margin, maximize, pooled, pairable)
+        sides = ((images or {}).get(str(a)), (images or {}).get(str(b)))
+        found = stats.compare(left, right, rule.alpha(rule.min_seeds, len(pairs)), rule.margin, maximize, pooled, pairable, sides)
         if rule.spent(found.n) != rule.spent(rule.min_seeds):
-            found = stats.compare(left, right, rule.alpha(found.n, len(pairs)), rule.margin, maximize, pooled, pairable)
+            found = stats.compare(left, right, rule.alpha(found.n, len(pairs)), rule.margin, maximize, pooled, pairable, sides)
         decided[(str(a), str(b))] = found
     return decided

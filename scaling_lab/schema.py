@@ -34,6 +34,10 @@ def interval_columns(metric: str) -> tuple[str, str]:
     return f"{metric}_ci_low", f"{metric}_ci_high"
 
 
+# A trial's bootstrap replicates over validation images, as JSON: ``{"resampling": fingerprint,
+# "AP": [...], "AP50": [...]}`` (``scaling_lab.train.bootstrap``; empty without a bootstrap).
+BOOTSTRAP_COLUMN = "bootstrap"
+
 INTERVAL_COLUMNS = tuple(column for metric in ACCURACY_METRICS for column in interval_columns(metric))
 
 MEASURED_COSTS = ("params", "flops", "flops_elementwise", "activations")  # fvcore's counts: constrainable
@@ -104,6 +108,7 @@ def table_row(
             "wall_time_s": record.get("wall_time_s"),
             "epochs_done": int(record.get("epochs_done", 0)),
             "curve": json.dumps(record.get("curve") or []),
+            BOOTSTRAP_COLUMN: json.dumps(record.get(BOOTSTRAP_COLUMN) or {}),
             "started": record.get("started") or "",
             "finished": record.get("finished") or "",
         }

@@ -15,6 +15,10 @@ validation images). How the two sources of noise are used:
 - Otherwise the difference of the means (Welch); a side with one seed needs the pooled seed
   noise, without which the comparison is ``unresolved``: an image bootstrap is no measure of
   training noise (seed sd 2.8 AP against a bootstrap SE of 0.6 AP in the proxy study).
+- Two one-seed trials scored on the same images, without pooled seed noise: a paired bootstrap
+  over images (both trials' replicates drew the same image weights) gives the interval of the
+  two trained models' difference. It stays ``unresolved`` as a comparison of configurations,
+  and says what its interval covers and what it shows of the two models.
 
 The level of each interval (family-wise correction, looks of an adaptive study) is the caller's
 ``alpha``: ``scaling_lab.decisions`` decides it.
@@ -30,6 +34,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as distributions
 
+from scaling_lab.image_replicates import ImageReplicates, image_replicates
 from scaling_lab.schema import ACCURACY_METRICS, interval_columns
 
 LEVEL = 0.95
@@ -191,6 +196,31 @@ def verdict(low: float, high: float, maximize: bool = True, margin: float = 0.0)
     return UNRESOLVED
 
 
+def combine(parts: Sequence[tuple[pd.Series, float]]) -> pd.Series:
+    """The weighted sum of configurations' per-seed values on the seeds all of them have (so a
+    combination stays paired by seed with the configuration it is compared with)."""
+    shared = parts[0][0].index
+    for values, _ in parts[1:]:
+        shared = shared.intersection(values.index)
+    return sum((values.loc[shared] * weight for values, weight in parts), pd.Series(0.0, index=shared)).astype(float)
+
+
+def paired_image_comparison(
+    difference: float, a: ImageReplicates, b: ImageReplicates, alpha: float, margin: float, maximize: bool, **common
+) -> Comparison:
+    """Two one-seed trials on the same images: the percentile interval of their replicates'
+    differences. It covers image sampling only, so the verdict on the configurations stays
+    ``unresolved``; the note gives the verdict on these two trained models."""
+    low, high = percentile_interval(a.values - b.values, 1 - alpha)
+    models = verdict(low, high, maximize, margin)
+    return Comparison(
+        difference, low, high, verdict=UNRESOLVED, method=f"paired bootstrap over images ({a.values.size} replicates)",
+        note=f"images only: the interval compares these two trained models (a {models} on these images), not their configurations, "
+             "whose training noise one seed each cannot measure",
+        **common,
+    )
+
+
 def compare(
     a: pd.Series,
     b: pd.Series,
@@ -199,10 +229,12 @@ def compare(
     maximize: bool = True,
     pooled: SeedNoise | None = None,
     pairable: bool = True,
+    images: tuple[ImageReplicates | None, ImageReplicates | None] = (None, None),
 ) -> Comparison:
     """``mean(a) - mean(b)`` of two configurations' per-seed values (Series indexed by seed) with
     its ``1 - alpha`` interval and verdict (see the module docstring). ``pairable`` is False
-    when the values carry no seeds (rows are then never paired by position)."""
+    when the values carry no seeds (rows are then never paired by position); ``images`` are the
+    two sides' bootstrap replicates over images, used for two one-seed trials only."""
     a, b = a.dropna(), b.dropna()
     seeds = {"seeds_a": tuple(a.index), "seeds_b": tuple(b.index)} if pairable else {}
     level = 1 - alpha
@@ -231,6 +263,9 @@ def compare(
             return Comparison(difference, math.nan, math.nan, verdict=UNRESOLVED, method="Welch t", note="both sides have zero spread", **common)
         df = se**4 / ((var_a**2 / (na - 1) if var_a else 0) + (var_b**2 / (nb - 1) if var_b else 0))
         return _decided(difference, se, df, alpha, margin, maximize, method="Welch t", sd=math.nan, **common)
+    image_a, image_b = images
+    if pooled is None and na == nb == 1 and image_a is not None and image_b is not None and image_a.resampling == image_b.resampling:
+        return paired_image_comparison(difference, image_a, image_b, alpha, margin, maximize, **common)
     if pooled is None:
         return Comparison(difference, math.nan, math.nan, verdict=UNRESOLVED, method="one seed",
                           note="a side has one seed and no configuration of the study has two to estimate seed noise", **common)
@@ -335,7 +370,8 @@ def compare_configs(
     """Configuration ``a`` against ``b`` (``config_id`` values) on ``metric`` of the results table."""
     done = complete_trials(results)
     left, right = done[done["config_id"].astype(str) == str(a)], done[done["config_id"].astype(str) == str(b)]
-    return compare(seed_values(left, metric), seed_values(right, metric), alpha, margin, maximize, pooled, pairable="seed" in done.columns)
+    images = (image_replicates(left, metric), image_replicates(right, metric))
+    return compare(seed_values(left, metric), seed_values(right, metric), alpha, margin, maximize, pooled, "seed" in done.columns, images)
 
 
 def config_estimates(results: pd.DataFrame, metric: str, level: float = LEVEL) -> pd.DataFrame:

@@ -193,6 +193,8 @@ class TrialResult:
     ``metrics`` holds the final validation metrics: detection ``AP``, ``AP50``, ``AP75``,
     ``APs``, ``APm``, ``APl`` (COCOeval, in [0, 1]); classification ``top1``, ``top5``.
     ``curve`` has one entry per validation: ``{"epoch": e, "train_loss": ..., <metrics>}``.
+    ``bootstrap`` holds the final validation's bootstrap replicates over images (detection;
+    ``schema.BOOTSTRAP_COLUMN``), which pair two trials scored on the same images.
     ``spec_hash`` is the hash of the spec the trial was given; ``notes`` says where the trial
     departed from it (e.g. ``num_classes`` taken from the dataset) or resumed from a checkpoint.
     """
@@ -209,6 +211,7 @@ class TrialResult:
     curve: list[dict[str, float]] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    bootstrap: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from scaling_lab.presets import preset
@@ -89,6 +90,39 @@ def write_study(folder: Path, **changes) -> Path:
     path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     return path
+
+
+# The true AP of each feature network in ``noisy_trial``: PANet clearly better, BiFPN no different from FPN.
+NOISY_MEANS = {"fpn": 0.30, "panet": 0.40, "bifpn": 0.30}
+
+
+def noisy_trial(spec, task, budget, report=None, seed=0, checkpoint_dir=None, device=None, progress=False):
+    """AP = the feature network's true mean (``NOISY_MEANS``) + seed noise shared by all networks
+    on that seed (sd 0.02) + its own (sd 0.005); FAKE_TRIAL_SLEEP slows it down (for kill tests)."""
+    time.sleep(float(os.environ.get("FAKE_TRIAL_SLEEP", "0")))
+    own = np.random.default_rng([seed, list(NOISY_MEANS).index(spec.feature_network)]).normal(0, 0.005)
+    metrics = {"AP": NOISY_MEANS[spec.feature_network] + np.random.default_rng([seed]).normal(0, 0.02) + own}
+    if report is not None:
+        report(1, metrics)
+    return TrialResult(spec.spec_hash, seed, metrics, 1, 1, 1, 1, None, 0.01, [{"epoch": 1, **metrics}])
+
+
+def adaptive_study(folder: Path, **repeats) -> Path:
+    """``write_study`` of the three feature networks with adaptive repeats, 3 to 6 seeds."""
+    folder.mkdir(parents=True, exist_ok=True)
+    changes = {key: repeats.pop(key) for key in ("name", "storage") if key in repeats}
+    return write_study(
+        folder,
+        search_space={"parameters": {"feature_network": ["fpn", "panet", "bifpn"]}},
+        repeats={"min": 3, "max": 6, "until": "resolved", **repeats},
+        **changes,
+    )
+
+
+def seeds_per_network(frame) -> dict[str, list[int]]:
+    """The seeds of each feature network's complete trials."""
+    done = frame[frame["state"] == "complete"]
+    return {network: sorted(int(s) for s in rows["seed"]) for network, rows in done.groupby("feature_network")}
 
 
 def dying_trial(spec, task, budget, report=None, seed=0, checkpoint_dir=None, device=None, progress=False):

@@ -3,52 +3,24 @@ decision rule in many simulated studies (``scaling_lab.study.adaptive.simulate``
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from scaling_lab.decisions import DecisionRule
+from scaling_lab.decisions import DecisionRule, verdict_metric
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.files import read_parquet
 from scaling_lab.study import load_study, run_study
 from scaling_lab.study.adaptive import simulate
-from scaling_lab.trial import TrialResult
 
-from tests.helpers import subprocess_env, write_study
-
-MEANS = {"fpn": 0.30, "panet": 0.40, "bifpn": 0.30}  # PANet clearly better; BiFPN no different from FPN
-
-
-def noisy_trial(spec, task, budget, report=None, seed=0, checkpoint_dir=None, device=None, progress=False):
-    """AP = the feature network's true mean + seed noise shared by all networks on that seed
-    (sd 0.02) + its own (sd 0.005); FAKE_TRIAL_SLEEP slows it down (for the kill test)."""
-    time.sleep(float(os.environ.get("FAKE_TRIAL_SLEEP", "0")))
-    own = np.random.default_rng([seed, list(MEANS).index(spec.feature_network)]).normal(0, 0.005)
-    metrics = {"AP": MEANS[spec.feature_network] + np.random.default_rng([seed]).normal(0, 0.02) + own}
-    if report is not None:
-        report(1, metrics)
-    return TrialResult(spec.spec_hash, seed, metrics, 1, 1, 1, 1, None, 0.01, [{"epoch": 1, **metrics}])
-
-
-def adaptive_study(tmp_path: Path, **repeats) -> Path:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    return write_study(
-        tmp_path,
-        search_space={"parameters": {"feature_network": ["fpn", "panet", "bifpn"]}},
-        repeats={"min": 3, "max": 6, "until": "resolved", **repeats},
-    )
-
-
-def seeds_per_network(frame) -> dict[str, list[int]]:
-    done = frame[frame["state"] == "complete"]
-    return {network: sorted(int(s) for s in rows["seed"]) for network, rows in done.groupby("feature_network")}
+from tests.helpers import adaptive_study, noisy_trial, seeds_per_network, subprocess_env
 
 
 def test_seeds_go_only_to_open_comparisons_until_max(tmp_path):
@@ -62,6 +34,18 @@ def test_seeds_go_only_to_open_comparisons_until_max(tmp_path):
     assert info["repeats"]["min"] == 3 and info["definition"]["repeats"] == {"min": 3, "max": 6, "until": "resolved", "margin": 0.0}
     # Running it again has nothing left to do
     assert len(run_study(config, trial_function=noisy_trial, out=None)) == 15
+
+
+def test_rounds_decide_on_the_metric_the_report_compares(tmp_path):
+    # FLOPs first: the report compares AP, its first maximized objective, and so do the rounds
+    assert verdict_metric([{"metric": "flops", "direction": "minimize"}, {"metric": "AP", "direction": "maximize"}], ["flops", "AP"]) == ("AP", True)
+    assert verdict_metric([{"metric": "flops", "direction": "minimize"}], ["flops"]) == ("flops", False)
+    path = adaptive_study(tmp_path)
+    path.write_text(path.read_text().replace("- metric: AP\n  direction: maximize\n", "- metric: flops\n  direction: minimize\n- metric: AP\n  direction: maximize\n"))
+    config = load_study(path)
+    assert [o.metric for o in config.objectives] == ["flops", "AP"]
+    frame = run_study(config, trial_function=noisy_trial, out=None)
+    assert seeds_per_network(frame) == {"bifpn": [0, 1, 2, 3, 4, 5], "fpn": [0, 1, 2, 3, 4, 5], "panet": [0, 1, 2]}
 
 
 def test_a_margin_resolves_equivalence_and_a_budget_stops_rounds(tmp_path):
@@ -79,8 +63,9 @@ def test_a_margin_resolves_equivalence_and_a_budget_stops_rounds(tmp_path):
 def test_min_max_margin_are_part_of_the_definition_and_bad_values_are_named(tmp_path):
     path = adaptive_study(tmp_path)
     run_study(load_study(path), trial_function=noisy_trial, out=None)
-    with pytest.raises(ScalingLabError, match=r"repeats.margin: 0.0 -> 0.02"):
-        run_study(load_study(path, overrides=["repeats.margin=0.02"]), trial_function=noisy_trial, out=None)
+    for override, change in (("repeats.margin=0.02", "repeats.margin: 0.0 -> 0.02"), ("repeats.min=4", "repeats.min: 3 -> 4"), ("repeats.max=7", "repeats.max: 6 -> 7")):
+        with pytest.raises(ScalingLabError, match=change):
+            run_study(load_study(path, overrides=[override]), trial_function=noisy_trial, out=None)
     # the budget decides how much runs, not what a trial measures
     assert len(run_study(load_study(path, overrides=["repeats.budget.trials=100"]), trial_function=noisy_trial, out=None)) == 15
     for changes, message in (
@@ -97,7 +82,7 @@ def test_min_max_margin_are_part_of_the_definition_and_bad_values_are_named(tmp_
 RUNNER_SCRIPT = """
 import sys
 from scaling_lab.study import load_study, run_study
-from tests.test_adaptive import noisy_trial
+from tests.helpers import noisy_trial
 run_study(load_study({path!r}), trial_function=noisy_trial, out=None)
 """
 
@@ -148,8 +133,6 @@ def test_a_two_sd_difference_mostly_resolves_within_max_and_adaptive_spends_less
 def test_matched_flops_comparisons_more_than_10_percent_apart_get_no_verdict():
     # compound_grid's CPU profile: compound at 1.73x beside resolution-only at 2.25x (128 px can
     # only step to 160 or 192) and width-only at 1.87x
-    import pandas as pd
-
     from scaling_lab.study.families import SCALING, comparison_families
 
     rows = [
@@ -159,4 +142,41 @@ def test_matched_flops_comparisons_more_than_10_percent_apart_get_no_verdict():
     ]
     family = comparison_families({}, pd.DataFrame(rows))[SCALING]
     assert family.pairs == (("c", "w"),)
-    assert family.excluded == {("c", "r"): "not at matched FLOPs (2.25x vs 1.73x, +30%): no verdict"}
+    assert family.excluded == {("c", "r"): "not at matched FLOPs (2.25x vs 1.73x, +30%): no verdict"}  # nothing below 1.73x to interpolate from
+
+
+def scaling_rows(per_seed: dict[tuple[str, str, float, float], list[float]]) -> pd.DataFrame:
+    return pd.DataFrame([
+        {"config_id": cid, "group": group, "param.phi": phi, "flops_ratio": ratio, "seed": seed, "state": "complete", "AP": value}
+        for (cid, group, phi, ratio), values in per_seed.items() for seed, value in enumerate(values)
+    ])
+
+
+def test_a_rule_off_compounds_flops_is_interpolated_in_log_flops_per_seed_and_paired():
+    from scaling_lab.decisions import decide
+    from scaling_lab.study.adaptive import _grow
+    from scaling_lab.study.families import SCALING, comparison_families
+
+    # The base (phi 0, 1x) and resolution-only at 2.25x around compound's 1.73x; seed noise
+    # (sd 0.02) shared by every configuration on a seed, so only a paired comparison resolves
+    shared = np.random.default_rng(3).normal(0, 0.02, 4)
+    weight = np.log(1.73) / np.log(2.25)  # of the upper point
+    base, resolution = 0.20 + shared, 0.26 + shared
+    line = (1 - weight) * base + weight * resolution
+    frame = scaling_rows({
+        ("b", "compound", 0.0, 1.0): list(base),
+        ("c", "compound", 1.0, 1.73): list(line + 0.01 + np.array([0.001, -0.001, 0.0005, -0.0005])),  # 1 point above the line
+        ("r", "resolution", 1.0, 2.25): list(resolution),
+    })
+    family = comparison_families({}, frame)[SCALING]
+    (compound, interpolated), = family.pairs
+    assert compound == "c" and dict(family.combinations[interpolated]) == pytest.approx({"b": 1 - weight, "r": weight})
+    found = decide(frame, family.pairs, "AP", DecisionRule(), combinations=family.combinations)[family.pairs[0]]
+    assert found.paired and found.seeds_used == (0, 1, 2, 3) and found.difference == pytest.approx(0.01)
+    assert found.verdict == "better" and found.low > 0.005
+    # adaptive repeats grow an open interpolated comparison's configurations: both points and compound
+    open_found = {family.pairs[0]: dataclasses.replace(found, verdict="unresolved")}
+    assert _grow(open_found, {"b": 4, "c": 4, "r": 4}, 6, family.combinations) == (1, {"c": 4, "b": 4, "r": 4})
+    # beyond the rule's last point there is nothing to interpolate: no verdict, as before
+    far = scaling_rows({("b", "compound", 0.0, 1.0): [0.2] * 2, ("c", "compound", 1.0, 3.0): [0.3] * 2, ("r", "resolution", 1.0, 2.25): [0.26] * 2})
+    assert comparison_families({}, far)[SCALING].excluded == {("c", "r"): "not at matched FLOPs (2.25x vs 3.00x, -25%): no verdict"}

@@ -370,6 +370,17 @@ def test_comparisons_carry_intervals_and_verdicts(run_dir: Path):
     # no verdict where the two sides are not at matched FLOPs (measured more than 10 % apart)
     apart = (matched["rule_flops_ratio"] / matched["compound_flops_ratio"] - 1).abs() > 0.10
     assert (matched.loc[apart, "verdict"] == "no verdict").all() and (matched.loc[~apart, "verdict"] != "no verdict").all()
+    # where a rule's curve reaches around compound's FLOPs it is read there, interpolated in log FLOPs: the
+    # fixture's AP is 0.319 + slope * log2(FLOPs ratio) per rule (seed noise 0.003), so the answer is known
+    interpolated = matched[matched["rule_points"] != "measured"].set_index(["phi", "rule"])
+    assert set(interpolated.index) == {(1, "width"), (1, "depth"), (1, "resolution"), (2, "width")}
+    assert (interpolated["rule_flops_ratio"] == interpolated["compound_flops_ratio"]).all()
+    assert interpolated.loc[(1, "depth"), "rule_points"] == "interpolated in log FLOPs between 1.80x and 2.60x"
+    slopes = {"width": 0.025, "depth": 0.02, "resolution": 0.03}
+    for (phi, rule), row in interpolated.iterrows():
+        expected = (0.045 - slopes[rule]) * math.log2(row["compound_flops_ratio"])
+        assert row["difference"] == pytest.approx(expected, abs=0.006) and row["diff_low"] < expected < row["diff_high"]
+        assert row["seeds_text"] == "paired on seeds 0, 1"
     grid = compound_grid(run, configs)
     others = comparisons.runners_up(run, grid, derived_coefficients(run, grid))
     assert len(others) >= 1 and (others["difference"] <= 0).all()  # nobody beats the winner on the mean

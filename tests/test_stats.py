@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 
 import numpy as np
@@ -13,9 +14,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from scipy import stats as distributions
 
-from scaling_lab import stats
+from scaling_lab import decisions, stats
 from scaling_lab.train import coco_metrics
-from scaling_lab.train.bootstrap import bootstrap_ap, reaccumulate
+from scaling_lab.train.bootstrap import BOOTSTRAP_SEED, bootstrap_ap, reaccumulate
 
 CATEGORIES = [{"id": 1, "name": "square"}, {"id": 3, "name": "disc"}]
 
@@ -140,6 +141,29 @@ def test_the_bootstrap_is_seeded():
     assert bootstrap_ap(evaluator, seed=1) != bootstrap_ap(evaluator, seed=2)
 
 
+def test_two_trials_on_the_same_images_draw_the_same_resamples():
+    # Each replicate of each trial is COCOeval on the same duplicated image set, so replicate by
+    # replicate the differences are a paired bootstrap over images.
+    coco, results = scenes(20, seed=8)
+    worse = [r for r in results if r["image_id"] > 5]  # the second model misses everything on five images
+    first, second = (bootstrap_ap(evaluated(coco, [dict(r) for r in found]), replicates=3) for found in (results, worse))
+    assert first["bootstrap"]["resampling"] == second["bootstrap"]["resampling"]
+    weights = np.random.default_rng(BOOTSTRAP_SEED).multinomial(20, np.full(20, 1 / 20), size=3)
+    for row, row_weights in enumerate(weights):
+        expected = duplicated(coco, results, row_weights).stats[0] - duplicated(coco, worse, row_weights).stats[0]
+        assert first["bootstrap"]["AP"][row] - second["bootstrap"]["AP"][row] == pytest.approx(expected, abs=1e-9)
+    fewer_images = evaluated(coco, [dict(r) for r in results])
+    fewer_images.params.imgIds = list(range(1, 20))
+    assert bootstrap_ap(fewer_images, replicates=3)["bootstrap"]["resampling"] != first["bootstrap"]["resampling"]
+
+
+def test_identical_detections_differ_by_zero_in_every_replicate():
+    coco, results = scenes(30, seed=9)
+    first, second = (bootstrap_ap(evaluated(coco, [dict(r) for r in results])) for _ in range(2))
+    assert first["AP_ci_high"] - first["AP_ci_low"] > 0.05  # each trial's own interval is wide
+    assert np.array_equal(first["bootstrap"]["AP"], second["bootstrap"]["AP"])
+
+
 # --------------------------------------------------------------------------------------------
 # Seeds and comparisons
 
@@ -224,6 +248,50 @@ def test_one_seed_sides_are_unresolved_without_pooled_seed_noise():
     found = stats.compare_configs(everything, "seed0", "seed1", "AP", pooled=pooled)
     assert found.verdict == "unresolved" and found.low < 0 < found.high and "pooled seed sd" in found.method
     assert found.high - found.difference == pytest.approx(stats.t_quantile(4) * pooled.sd * math.sqrt(2))
+
+
+def one_seed_trials(per_image: dict[str, np.ndarray], resampling: dict[str, str] | None = None, replicates: int = 400) -> pd.DataFrame:
+    """One-seed trials whose metric is the mean of a hand-made per-image score, with bootstrap
+    replicates resampling the images with one shared draw (as trials on the same images do)."""
+    images = len(next(iter(per_image.values())))
+    weights = np.random.default_rng(0).multinomial(images, np.full(images, 1 / images), size=replicates) / images
+    rows = []
+    for config_id, scores in per_image.items():
+        kept = {"resampling": (resampling or {}).get(config_id, "same images"), "AP": (weights @ scores).tolist()}
+        rows.append({"config_id": config_id, "seed": 0, "state": "complete", "AP": float(scores.mean()), "bootstrap": json.dumps(kept)})
+    return pd.DataFrame(rows)
+
+
+def test_two_one_seed_trials_on_the_same_images_get_a_paired_image_bootstrap():
+    # Image difficulty varies a lot (sd 0.3 per image); model a scores 0.02 more on every image.
+    difficulty = np.random.default_rng(5).uniform(0.0, 0.8, 50)
+    table = one_seed_trials({"a": difficulty + 0.02, "b": difficulty})
+    found = decisions.decide(table, [("a", "b")], "AP", decisions.DecisionRule())[("a", "b")]
+    assert found.difference == pytest.approx(0.02)
+    assert (found.low, found.high) == pytest.approx((0.02, 0.02))  # paired: the difficulty cancels in every replicate
+    assert found.verdict == "unresolved"  # about two trained models, not their configurations
+    assert "paired bootstrap over images" in found.method and "a better on these images" in found.note and "training noise" in found.note
+    # each side's own interval is far wider than the difference: unpaired it would say nothing
+    own = [stats.percentile_interval(json.loads(text)["AP"]) for text in table["bootstrap"]]
+    assert own[0][1] - own[0][0] > 5 * 0.02
+    # the model-level verdict follows the interval: a mixed per-image effect centred on 0 is no difference
+    mixed = one_seed_trials({"a": difficulty + np.tile([0.05, -0.05], 25), "b": difficulty})
+    found = stats.compare_configs(mixed, "a", "b", "AP")
+    assert found.low < 0 < found.high and "a unresolved on these images" in found.note
+    found = stats.compare_configs(mixed, "a", "b", "AP", margin=0.05)
+    assert "a equivalent on these images" in found.note and found.verdict == "unresolved"
+
+
+def test_trials_on_other_images_or_with_pooled_seed_noise_are_not_image_paired():
+    difficulty = np.random.default_rng(5).uniform(0.0, 0.8, 50)
+    elsewhere = one_seed_trials({"a": difficulty + 0.02, "b": difficulty}, resampling={"a": "these images", "b": "other images"})
+    found = stats.compare_configs(elsewhere, "a", "b", "AP")
+    assert found.method == "one seed" and math.isnan(found.low) and found.verdict == "unresolved"
+    # seed noise pooled from configurations with two or more seeds measures training noise: it is used instead
+    others = pd.DataFrame([{"config_id": c, "seed": s, "state": "complete", "AP": v} for c, values in (("x", (0.12, 0.15, 0.09)), ("y", (0.20, 0.17, 0.22))) for s, v in enumerate(values)])
+    everything = pd.concat([one_seed_trials({"a": difficulty + 0.02, "b": difficulty}), others])
+    found = decisions.decide(everything, [("a", "b")], "AP", decisions.DecisionRule())[("a", "b")]
+    assert "pooled seed sd" in found.method and found.low < 0 < found.high
 
 
 def test_seeds_only_one_side_has_are_shown_not_silently_dropped():

@@ -1,4 +1,5 @@
 import io
+import json
 
 import optuna
 import pytest
@@ -7,7 +8,7 @@ from ray import cloudpickle
 from scaling_lab.study import load_study, run_study
 
 from tests import helpers
-from tests.helpers import fake_trial, write_study
+from tests.helpers import adaptive_study, fake_trial, noisy_trial, seeds_per_network, write_study
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,20 @@ def test_ray_backend_on_two_nodes(tmp_path, two_node_cluster):
     assert finished and all(sorted(t.intermediate_values) == [1, 2] for t in finished)
     # The same command again: the Optuna study is complete, nothing runs twice.
     assert len(run_study(config, backend="ray", address=two_node_cluster.address, trial_function=fake_trial, out=None)) == 6
+
+
+@pytest.mark.slow
+def test_adaptive_repeats_under_ray_plan_the_rounds_of_the_local_backend(tmp_path, two_node_cluster):
+    # with a margin of 3 AP points every comparison resolves (PANet better, BiFPN equivalent to FPN)
+    local_config = load_study(adaptive_study(tmp_path / "local", margin=0.03))
+    local = run_study(local_config, trial_function=noisy_trial, out=None)
+    config = load_study(adaptive_study(tmp_path / "ray", margin=0.03))
+    frame = run_study(config, backend="ray", address=two_node_cluster.address, trial_function=noisy_trial, out=None)
+    info = json.loads((config.run_dir / "study.json").read_text())
+    assert info["adaptive_repeats"]["stop"] == "resolved" and info["adaptive_repeats"]["open"] == 0 and info["finished"] is True
+    assert seeds_per_network(frame) == seeds_per_network(local) and len(frame) == len(local) < 12
+    assert frame.groupby(["config_id", "seed"]).size().max() == 1
+    assert info["adaptive_repeats"] == json.loads((local_config.run_dir / "study.json").read_text())["adaptive_repeats"]
 
 
 def test_trials_awaiting_their_latency_are_reported_as_they_finish_training(tmp_path, two_node_cluster):

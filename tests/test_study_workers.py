@@ -14,9 +14,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from scaling_lab.study import load_study
+from scaling_lab.study import load_study, run_study
 
-from tests.helpers import subprocess_env, write_study
+from tests.helpers import adaptive_study, noisy_trial, seeds_per_network, subprocess_env, write_study
 
 POSTGRES_URL = os.environ.get("SCALING_LAB_TEST_POSTGRES_URL")
 _STORAGES: list = []
@@ -26,11 +26,11 @@ WORKER = """
 import sys
 from scaling_lab.study import load_study, run_study
 from tests import helpers
-from tests.helpers import fake_trial
+from tests.helpers import {trial} as trial_function
 if {ray!r}:
     from ray import cloudpickle
     cloudpickle.register_pickle_by_value(helpers)
-run_study(load_study({path!r}, run_dir={run_dir!r}), backend={backend!r}, trial_function=fake_trial, out=None)
+run_study(load_study({path!r}, run_dir={run_dir!r}), backend={backend!r}, trial_function=trial_function, out=None)
 """
 GROUPS = [
     {"name": "search", "search_space": {"parameters": {"channels": {"type": "grid", "values": [16, 24, 32]}}}},
@@ -45,11 +45,11 @@ def _study(tmp_path: Path) -> Path:
     return path
 
 
-def _worker(path: Path, run_dir: Path, backend: str = "local", sleep: float = 0.3) -> subprocess.Popen:
+def _worker(path: Path, run_dir: Path, backend: str = "local", sleep: float = 0.3, trial: str = "fake_trial") -> subprocess.Popen:
     env = subprocess_env(
         FAKE_TRIAL_SLEEP=str(sleep), SCALING_LAB_HEARTBEAT_INTERVAL="1", SCALING_LAB_HEARTBEAT_GRACE="4", RAY_AUTH_MODE="disabled"
     )
-    script = WORKER.format(path=str(path), run_dir=str(run_dir), backend=backend, ray=backend == "ray")
+    script = WORKER.format(path=str(path), run_dir=str(run_dir), backend=backend, ray=backend == "ray", trial=trial)
     return subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
 
 
@@ -85,6 +85,27 @@ def test_two_workers_started_together_run_each_pair_once(tmp_path):
     for worker in workers:
         _finish(worker)
     study = _check_every_pair_once(load_study(path).name)
+    optuna.delete_study(study_name=study.study_name, storage=_storage())
+
+
+@pytest.mark.slow
+def test_two_workers_on_an_adaptive_study_plan_each_round_once(tmp_path):
+    """Each round is planned once, under the planning lock, whichever worker finishes it: the
+    seeds are those of one worker alone, none twice."""
+    path = adaptive_study(tmp_path / "shared", name=f"adaptive-{uuid.uuid4().hex[:8]}", storage=POSTGRES_URL)
+    workers = [_worker(path, tmp_path / f"run{i}", sleep=0.2, trial="noisy_trial") for i in range(2)]
+    for worker in workers:
+        _finish(worker)
+    alone = run_study(load_study(adaptive_study(tmp_path / "alone")), trial_function=noisy_trial, out=None)
+    study = optuna.load_study(study_name=load_study(path).name, storage=_storage())
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    pairs = [(t.user_attrs["config_id"], t.user_attrs["seed"]) for t in done]
+    assert len(pairs) == len(set(pairs)) == len(alone) == 15
+    networks = {}
+    for trial in done:
+        networks.setdefault(trial.user_attrs["record"]["spec"]["feature_network"], []).append(trial.user_attrs["seed"])
+    assert {network: sorted(seeds) for network, seeds in networks.items()} == seeds_per_network(alone)
+    assert study.user_attrs["adaptive_repeats"]["stop"] == "max"
     optuna.delete_study(study_name=study.study_name, storage=_storage())
 
 

@@ -293,6 +293,10 @@ def test_detection_trial_returns_metrics_curve_and_measurements(monkeypatch):
     assert set(result.metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl", "AP_ci_low", "AP_ci_high", "AP50_ci_low", "AP50_ci_high"}
     assert all(0 <= value <= 1 for value in result.metrics.values() if not math.isnan(value))
     assert result.metrics["AP_ci_low"] <= result.metrics["AP"] <= result.metrics["AP_ci_high"]
+    # the final validation's replicates are kept (out of the metrics and the curve) to pair trials on the same images
+    assert len(result.bootstrap["AP"]) == len(result.bootstrap["AP50"]) == 200 and result.bootstrap["resampling"]
+    assert percentile_interval(result.bootstrap["AP"]) == pytest.approx((result.metrics["AP_ci_low"], result.metrics["AP_ci_high"]))
+    assert all("bootstrap" not in entry for entry in result.curve)
     assert [entry["epoch"] for entry in result.curve] == reports == [1, 2]
     assert result.params > 0 and result.flops > 0 and result.latency_ms == 3.0 and timed == [1] and result.notes == []
     assert json.loads(json.dumps(result.to_dict()))["spec_hash"] == TINY_DETECTOR.spec_hash
@@ -320,6 +324,8 @@ def test_checkpoint_resume_continues_and_matches_an_uninterrupted_run(tmp_path):
     assert resumed.notes == [f"resumed from {tmp_path / trainer.CHECKPOINT_NAME} after epoch 1"]
     for mine, theirs in zip(resumed.curve, straight.curve):
         assert mine == pytest.approx(theirs, nan_ok=True)
+    assert resumed.bootstrap["resampling"] == straight.bootstrap["resampling"]
+    assert resumed.bootstrap["AP"] == pytest.approx(straight.bootstrap["AP"], nan_ok=True)
 
     with pytest.raises(ScalingLabError, match="belongs to another trial"):
         run_trial(TINY_DETECTOR, task, budget, seed=1, checkpoint_dir=tmp_path)

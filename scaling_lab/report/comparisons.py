@@ -25,7 +25,7 @@ def decided(run: Run) -> dict[str, tuple[study_families.Family, dict[tuple[str, 
     cached = getattr(run, "_decided", None)
     if cached is None:
         cached = {
-            name: (family, decisions.decide(run.trials, family.pairs, run.main_metric, rule(run)))
+            name: (family, decisions.decide(run.trials, family.pairs, run.main_metric, rule(run), combinations=family.combinations))
             for name, family in study_families.comparison_families(run.study, run.trials).items()
         }
         run._decided = cached
@@ -91,14 +91,25 @@ def ablation_comparisons(run: Run, rows: pd.DataFrame) -> pd.DataFrame:
 
 def scaling_comparisons(run: Run, curves: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Compound against every other scaling rule at the same phi, with both sides' measured FLOPs
-    ratios to the base; sides more than 10 % apart in FLOPs get no verdict."""
+    ratios to the base; where they are more than 10 % apart, against the rule interpolated at
+    compound's FLOPs (``rule_points`` says between which), else no verdict."""
     if COMPOUND_GROUP not in curves:
         return pd.DataFrame()
     points = study_families.scaling_points(study_families.configurations(run.trials))
     if points.empty:
         return points
     means = pd.concat(curves.values()).drop_duplicates("config_id").set_index("config_id")[run.main_metric]
-    points = points.assign(compound_metric=points["compound_id"].map(means), rule_metric=points["rule_id"].map(means))
+
+    def rule_metric(row: pd.Series) -> float:
+        if row["interpolated"] is None:
+            return means.get(row["rule_id"], float("nan"))
+        return sum(means.get(member, float("nan")) * weight for member, weight in row["interpolated"].weights)
+
+    points = points.assign(
+        compound_metric=points["compound_id"].map(means),
+        rule_metric=points.apply(rule_metric, axis=1),
+        rule_points=[found.describe() if found is not None else "measured" for found in points["interpolated"]],
+    )
     return with_comparisons(run, points, "compound_id", "rule_id")
 
 

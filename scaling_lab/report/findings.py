@@ -74,10 +74,14 @@ def scaling_lines(run: Run, configs: pd.DataFrame) -> list[str]:
     for _, row in matched.iterrows():
         gap = reference["compound"] - reference[row["rule"]] if row["rule"] in reference else None
         lines.append(
-            f"| {row['phi']:g} | {row['rule']} | {row['compound_flops_ratio']:.2f}x | {row['rule_flops_ratio']:.2f}x "
+            f"| {row['phi']:g} | {row['rule']} | {row['compound_flops_ratio']:.2f}x | {row['rule_flops_ratio']:.2f}x{_interpolated(row)} "
             f"| {_row_text(row, factor)} | {row['verdict']} | {'–' if gap is None else f'{gap:+.1f}'} |"
         )
     return lines
+
+
+def _interpolated(row: pd.Series) -> str:
+    return f" ({row['rule_points']})" if row.get("rule_points", "measured") != "measured" else ""
 
 
 def figure_lines(figures: list[tuple[str, str]]) -> list[str]:

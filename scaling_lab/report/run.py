@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from scaling_lab import decisions
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.files import read_parquet
 from scaling_lab.schema import NUMERIC_COLUMNS, TRIAL_STATES
@@ -98,14 +99,15 @@ def _checked_trials(results_file: Path, trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def _main_metric(study_file: Path, study: dict[str, Any], trials: pd.DataFrame) -> str:
-    """The first maximized objective the results have, else AP or top-1."""
+    """The metric comparisons are decided on (``decisions.verdict_metric``), maximized: a report
+    plots and compares an accuracy metric."""
     objectives = study.get("objectives") or []
     if not isinstance(objectives, list) or not all(isinstance(o, dict) and "metric" in o for o in objectives):
         raise ScalingLabError(f"{study_file}: 'objectives' must be a list of {{\"metric\": ..., \"direction\": ...}} objects")
-    candidates = [o["metric"] for o in objectives if o.get("direction") == "maximize"] + ["AP", "top1"]
-    for metric in candidates:
-        if metric in trials.columns:
-            return metric
+    found = decisions.verdict_metric(objectives, trials.columns)
+    if found is not None and found[1]:
+        return found[0]
+    candidates = [o["metric"] for o in objectives if o.get("direction") == "maximize"] + list(decisions.FALLBACK_METRICS)
     raise ScalingLabError(
         f"{study_file}: none of the metrics {', '.join(dict.fromkeys(candidates))} is a column of the results; "
         "a report needs an accuracy metric to plot"

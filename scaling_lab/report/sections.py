@@ -48,7 +48,8 @@ def interval_note(run: Run) -> str:
         "A configuration's interval is 95 % over its seeds (Student t); with one seed, over the seed noise pooled from the "
         "configurations with two or more, else its trial's bootstrap over validation images (which leaves training noise out). "
         "A difference is paired over the seeds both sides share (two or more; the seeds used are listed), else Welch; "
-        "a side with one seed needs the pooled seed noise, or the comparison stays unresolved. "
+        "a side with one seed needs the pooled seed noise, or the comparison stays unresolved: two one-seed trials scored on "
+        "the same images then show a paired bootstrap over those images, which compares the two trained models only. "
         + comparisons.rule(run).describe(scale(run.main_metric), unit)
     )
 
@@ -197,7 +198,12 @@ def add_compound(page: Page, run: Run, configs: pd.DataFrame) -> None:
         if not matched.empty:
             parts += [
                 "<h3>Compound against single-dimension scaling at the same phi (FLOPs target 2^phi)</h3>",
-                paragraph("Measured FLOPs ratios to the base beside each difference: a comparison is fair only where they match. " + interval_note(run)),
+                paragraph(
+                    "Measured FLOPs ratios to the base beside each difference: a comparison is fair only where they match. Where the "
+                    "rule's point at that phi is more than 10 % off compound's FLOPs, the rule is read at compound's FLOPs, interpolated "
+                    "linearly in log FLOPs between the two points of its curve around them, per seed (so still paired); where its curve "
+                    "does not reach around them, no verdict. " + interval_note(run)
+                ),
                 table(
                     matched,
                     {
@@ -205,6 +211,7 @@ def add_compound(page: Page, run: Run, configs: pd.DataFrame) -> None:
                         "rule": ("against", text),
                         "compound_flops_ratio": ("compound FLOPs", ratio),
                         "rule_flops_ratio": ("its FLOPs", ratio),
+                        "rule_points": (f"its {run.main_metric}", text),
                         "compound_metric": (f"compound {run.main_metric}", percent(run.main_metric)),
                         "rule_metric": (f"its {run.main_metric}", percent(run.main_metric)),
                         **comparison_columns(run.main_metric, "compound − it"),

@@ -50,10 +50,17 @@ class Round:
         return f"adaptive repeats stopped: {STOP_REASONS[self.stop]} ({self.comparisons - self.open} of {self.comparisons} comparison(s) resolved)"
 
 
-def _grow(decided: Mapping[tuple[str, str], stats.Comparison], planned: Mapping[str, int], max_seeds: int) -> tuple[int, dict[str, int]]:
-    """The open comparisons' count and their configurations still below ``max_seeds`` -> next seed."""
+def _grow(
+    decided: Mapping[tuple[str, str], stats.Comparison],
+    planned: Mapping[str, int],
+    max_seeds: int,
+    combinations: Mapping[str, Sequence[tuple[str, float]]] | None = None,
+) -> tuple[int, dict[str, int]]:
+    """The open comparisons' count and their configurations still below ``max_seeds`` -> next
+    seed (a combination's configurations for a combination, e.g. an interpolated rule)."""
     open_pairs = [pair for pair, found in decided.items() if found.verdict == stats.UNRESOLVED]
-    grow = {cid: planned.get(cid, 0) for pair in open_pairs for cid in pair if planned.get(cid, 0) < max_seeds}
+    members = [member for pair in open_pairs for cid in pair for member, _ in (combinations or {}).get(cid, ((cid, 1.0),))]
+    grow = {cid: planned.get(cid, 0) for cid in members if planned.get(cid, 0) < max_seeds}
     return len(open_pairs), grow
 
 
@@ -70,10 +77,12 @@ def plan_round(info: Mapping[str, Any], frame: pd.DataFrame, repeats: Repeats, m
     """The next round of an adaptive study whose planned trials have all finished (``frame``)."""
     rule = rule_for(repeats)
     decided: dict[tuple[str, str], stats.Comparison] = {}
+    combinations: dict[str, tuple[tuple[str, float], ...]] = {}
     for family in comparison_families(info, frame).values():
-        decided.update(decide(frame, family.pairs, metric, rule, maximize))
+        decided.update(decide(frame, family.pairs, metric, rule, maximize, family.combinations))
+        combinations.update(family.combinations)
     planned = (frame.dropna(subset=["seed"]).groupby("config_id")["seed"].max().astype(int) + 1).to_dict() if not frame.empty else {}
-    open_count, grow = _grow(decided, {str(k): v for k, v in planned.items()}, repeats.max)
+    open_count, grow = _grow(decided, {str(k): v for k, v in planned.items()}, repeats.max, combinations)
     trials, hours = spent(frame)
     if (repeats.budget_trials is not None and trials + len(grow) > repeats.budget_trials) or (repeats.budget_hours is not None and hours >= repeats.budget_hours):
         stop = BUDGET if grow else (RESOLVED if not open_count else AT_MAX)

@@ -20,7 +20,7 @@ import optuna
 import torch
 
 from scaling_lab.errors import ScalingLabError, no_space_left
-from scaling_lab.schema import MEASURED_COSTS, uncounted_text
+from scaling_lab.schema import BOOTSTRAP_COLUMN, MEASURED_COSTS, uncounted_text
 from scaling_lab.spec import Spec
 from scaling_lab.study import results
 from scaling_lab.study.config import StudyConfig
@@ -170,6 +170,7 @@ class CandidateRunner:
                 return finish("interrupted", str(fault))
             return finish("failed", f"{type(exc).__name__}: {exc}")
         record.update(metrics=dict(result.metrics), curve=list(result.curve), epochs_done=self.config.budget.epochs)
+        record[BOOTSTRAP_COLUMN] = dict(result.bootstrap)
         outcome = finish("complete")
         return self.with_objectives(outcome)
 

@@ -6,8 +6,10 @@ repeats that add seeds where a comparison is still open.
   Table 5; sum fusion preferred for the reference);
 - ``fusion``: fast against softmax and against sum fusion, configurations otherwise equal
   (Table 6, and weighted against unweighted BiFPN);
-- ``scaling``: compound against each single-dimension rule at the same phi, only where the two
-  measured FLOPs are within ``FLOPS_TOLERANCE`` of each other (else ``excluded``, no verdict);
+- ``scaling``: compound against each single-dimension rule at the same phi where the two
+  measured FLOPs are within ``FLOPS_TOLERANCE`` of each other; else against the rule's metric
+  interpolated linearly in log FLOPs at compound's measured FLOPs between the two points of the
+  rule's curve around it (``Interpolated``; per seed, so still paired); else ``excluded``, no verdict;
 - ``grid``: the grid's winner against its best ``RUNNERS_UP`` eligible runners-up.
 
 Each family is one report section's comparisons: ``scaling_lab.decisions`` corrects over it.
@@ -16,6 +18,7 @@ Each family is one report section's comparisons: ``scaling_lab.decisions`` corre
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -43,6 +46,33 @@ class Family:
     name: str
     pairs: tuple[tuple[str, str], ...]
     excluded: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    # an id of ``pairs`` that is no configuration -> the configurations it combines, with weights
+    combinations: Mapping[str, tuple[tuple[str, float], ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Interpolated:
+    """A scaling rule's metric at ``flops_ratio`` (compound's measured FLOPs), interpolated
+    linearly in log FLOPs between two of the rule's configurations around it."""
+
+    rule: str
+    lower: str
+    upper: str
+    lower_ratio: float
+    upper_ratio: float
+    flops_ratio: float
+
+    @property
+    def weights(self) -> tuple[tuple[str, float], ...]:
+        upper = math.log(self.flops_ratio / self.lower_ratio) / math.log(self.upper_ratio / self.lower_ratio)
+        return (self.lower, 1 - upper), (self.upper, upper)
+
+    @property
+    def config_id(self) -> str:
+        return f"{self.rule} at {self.flops_ratio:.4g}x (interpolated {self.lower} ~ {self.upper})"
+
+    def describe(self) -> str:
+        return f"interpolated in log FLOPs between {self.lower_ratio:.2f}x and {self.upper_ratio:.2f}x"
 
 
 def configurations(frame: pd.DataFrame) -> pd.DataFrame:
@@ -106,21 +136,47 @@ def _fusion(configs: pd.DataFrame) -> Family:
     return Family(FUSION, tuple(pairs))
 
 
+def rule_curve(scaled: pd.DataFrame, rule: str) -> pd.DataFrame:
+    """A scaling rule's points by measured FLOPs ratio: its group's configurations and the
+    unscaled base (phi 0, which every rule shares)."""
+    points = scaled[(scaled["group"] == rule) | (scaled["param.phi"] == 0)].dropna(subset=["flops_ratio"])
+    return points.drop_duplicates("config_id").sort_values("flops_ratio")
+
+
+def interpolation(curve: pd.DataFrame, rule: str, flops_ratio: float) -> Interpolated | None:
+    """The rule's metric at ``flops_ratio`` from its nearest points below and above it, or None
+    where the curve does not reach around it."""
+    ratios = curve["flops_ratio"].astype(float)
+    below, above = curve[ratios <= flops_ratio], curve[ratios >= flops_ratio]
+    if below.empty or above.empty or float(below["flops_ratio"].iloc[-1]) == float(above["flops_ratio"].iloc[0]):
+        return None
+    lower, upper = below.iloc[-1], above.iloc[0]
+    return Interpolated(rule, str(lower["config_id"]), str(upper["config_id"]), float(lower["flops_ratio"]), float(upper["flops_ratio"]), float(flops_ratio))
+
+
 def scaling_points(configs: pd.DataFrame) -> pd.DataFrame:
     """Compound against every other scaling group at the same phi > 0: ``phi``, ``rule``,
-    ``compound_id``, ``rule_id`` and both measured FLOPs ratios to the base."""
+    ``compound_id``, ``rule_id`` and both measured FLOPs ratios to the base. Where the rule's
+    point is not at matched FLOPs but its curve reaches around compound's, ``rule_id`` is the
+    ``Interpolated`` point's id at compound's FLOPs (``interpolated``; else None)."""
     if configs.empty or "param.phi" not in configs.columns or COMPOUND_GROUP not in set(configs["group"]):
         return pd.DataFrame()
-    scaled = configs[~configs["group"].isin(NON_SCALING_GROUPS) & (configs["param.phi"] > 0)]
-    compound = scaled[scaled["group"] == COMPOUND_GROUP]
+    scaled = configs[~configs["group"].isin(NON_SCALING_GROUPS) & (configs["param.phi"] >= 0)]
+    compound = scaled[(scaled["group"] == COMPOUND_GROUP) & (scaled["param.phi"] > 0)]
     rows = []
-    for _, point in scaled[scaled["group"] != COMPOUND_GROUP].iterrows():
+    for _, point in scaled[(scaled["group"] != COMPOUND_GROUP) & (scaled["param.phi"] > 0)].iterrows():
         match = compound[compound["param.phi"] == point["param.phi"]]
-        if not match.empty:
-            rows.append({
-                "phi": point["param.phi"], "rule": point["group"], "compound_id": str(match.iloc[0]["config_id"]), "rule_id": str(point["config_id"]),
-                "compound_flops_ratio": match.iloc[0].get("flops_ratio"), "rule_flops_ratio": point.get("flops_ratio"),
-            })
+        if match.empty:
+            continue
+        row = {
+            "phi": point["param.phi"], "rule": point["group"], "compound_id": str(match.iloc[0]["config_id"]), "rule_id": str(point["config_id"]),
+            "compound_flops_ratio": match.iloc[0].get("flops_ratio"), "rule_flops_ratio": point.get("flops_ratio"), "interpolated": None,
+        }
+        if flops_mismatch(row["compound_flops_ratio"], row["rule_flops_ratio"]) and not pd.isna(row["rule_flops_ratio"]) and not pd.isna(row["compound_flops_ratio"]):
+            found = interpolation(rule_curve(scaled, point["group"]), point["group"], float(row["compound_flops_ratio"]))
+            if found is not None:
+                row.update(rule_id=found.config_id, rule_flops_ratio=found.flops_ratio, interpolated=found)
+        rows.append(row)
     return pd.DataFrame(rows).sort_values(["phi", "rule"]).reset_index(drop=True) if rows else pd.DataFrame()
 
 
@@ -136,7 +192,7 @@ def flops_mismatch(compound_ratio: Any, rule_ratio: Any) -> str | None:
 
 def _scaling(configs: pd.DataFrame) -> Family:
     points = scaling_points(configs)
-    pairs, excluded = [], {}
+    pairs, excluded, combinations = [], {}, {}
     for _, row in points.iterrows():
         pair = (row["compound_id"], row["rule_id"])
         reason = flops_mismatch(row["compound_flops_ratio"], row["rule_flops_ratio"])
@@ -144,7 +200,9 @@ def _scaling(configs: pd.DataFrame) -> Family:
             excluded[pair] = reason
         else:
             pairs.append(pair)
-    return Family(SCALING, tuple(pairs), excluded)
+            if row["interpolated"] is not None:
+                combinations[row["rule_id"]] = row["interpolated"].weights
+    return Family(SCALING, tuple(pairs), excluded, combinations)
 
 
 def grid_runners_up(info: Mapping[str, Any], frame: pd.DataFrame) -> tuple[str, list[str]] | None:

@@ -15,6 +15,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from scaling_lab import decisions
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.study import adaptive, results, storage
 from scaling_lab.study.candidate import cost_counts
@@ -247,8 +248,9 @@ class GroupPlanning:
             trials = self.study.get_trials(deepcopy=False)
             if any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials):
                 return True  # this round still runs (planned by this or another worker)
-            objective = self.config.objectives[0]
-            found = adaptive.plan_round(self.info(), self.table(), repeats, objective.metric, objective.direction == "maximize")
+            frame = self.table()
+            metric, maximize = decisions.verdict_metric([o.to_dict() for o in self.config.objectives], frame.columns) or (self.config.objectives[0].metric, True)
+            found = adaptive.plan_round(self.info(), frame, repeats, metric, maximize)
             params = {t.user_attrs["config_id"]: (dict(t.params), t.user_attrs["group"]) for t in trials if "config_id" in t.user_attrs and "group" in t.user_attrs}
             for cid, seed in found.seeds.items():
                 values, group = params[cid]

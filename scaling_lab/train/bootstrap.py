@@ -6,17 +6,25 @@ then pools all images. A bootstrap replicate resamples the images with replaceme
 so a replicate is re-accumulated from the stored matches with image weights, without running the
 model or the matching again. The re-accumulation follows ``COCOeval.accumulate`` (area "all",
 the largest maxDets, 101-point interpolated precision); with all weights 1 it gives COCOeval's AP.
+
+The replicates are kept (``schema.BOOTSTRAP_COLUMN``) with a fingerprint of the resampling: the
+seed, the replicate count and the image ids. Two trials scored on the same images draw the same
+image weights replicate by replicate, so the differences of their replicates are a paired
+bootstrap over images (``scaling_lab.stats.paired_image_comparison``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 from pycocotools.cocoeval import COCOeval
 
-from scaling_lab.schema import interval_columns
+from scaling_lab.schema import BOOTSTRAP_COLUMN, interval_columns
 from scaling_lab.stats import percentile_interval
 
 BOOTSTRAP_REPLICATES = 200
@@ -120,22 +128,39 @@ def reaccumulate(evaluator: COCOeval, weights: np.ndarray) -> tuple[np.ndarray, 
     return _ap(_categories(evaluator), np.atleast_2d(np.asarray(weights, dtype=float)), evaluator)
 
 
-def bootstrap_ap(
+def resampling(image_ids: Sequence[int], replicates: int, seed: int) -> str:
+    """The fingerprint of a bootstrap's resampling: equal for two trials exactly when their
+    replicates drew the same image weights (same images in the same order, seed and count)."""
+    text = json.dumps({"images": [int(i) for i in image_ids], "replicates": replicates, "seed": seed})
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def bootstrap_replicates(
     evaluator: COCOeval, replicates: int = BOOTSTRAP_REPLICATES, seed: int = BOOTSTRAP_SEED
-) -> dict[str, float]:
-    """95 % percentile intervals of AP and AP50 over resampled validation images:
-    ``AP_ci_low``, ``AP_ci_high``, ``AP50_ci_low``, ``AP50_ci_high`` (fractions)."""
+) -> dict[str, np.ndarray]:
+    """AP and AP50 of each of ``replicates`` resamplings of the validation images. The image
+    weights are drawn for all replicates at once, so they depend only on the seed, the count
+    and the images (not on the chunks re-accumulated at once)."""
     categories = _categories(evaluator)
     image_count = len(evaluator.params.imgIds)
-    rng = np.random.default_rng(seed)
+    weights = np.random.default_rng(seed).multinomial(image_count, np.full(image_count, 1 / image_count), size=replicates).astype(float)
     largest = max((c.true_positive.size for c in categories), default=1)
     chunk = int(np.clip(_CHUNK_VALUES // max(largest, 1), 1, replicates))
     ap, ap50 = [], []
     for start in range(0, replicates, chunk):
-        size = min(chunk, replicates - start)
-        weights = rng.multinomial(image_count, np.full(image_count, 1 / image_count), size=size).astype(float)
-        chunk_ap, chunk_ap50 = _ap(categories, weights, evaluator)
+        chunk_ap, chunk_ap50 = _ap(categories, weights[start : start + chunk], evaluator)
         ap.append(chunk_ap)
         ap50.append(chunk_ap50)
-    intervals = {"AP": percentile_interval(np.concatenate(ap)), "AP50": percentile_interval(np.concatenate(ap50))}
-    return {column: bound for metric, bounds in intervals.items() for column, bound in zip(interval_columns(metric), bounds)}
+    return {"AP": np.concatenate(ap), "AP50": np.concatenate(ap50)}
+
+
+def bootstrap_ap(
+    evaluator: COCOeval, replicates: int = BOOTSTRAP_REPLICATES, seed: int = BOOTSTRAP_SEED
+) -> dict[str, Any]:
+    """95 % percentile intervals of AP and AP50 over resampled validation images:
+    ``AP_ci_low``, ``AP_ci_high``, ``AP50_ci_low``, ``AP50_ci_high`` (fractions), and under
+    ``schema.BOOTSTRAP_COLUMN`` the replicates with their ``resampling`` fingerprint."""
+    values = bootstrap_replicates(evaluator, replicates, seed)
+    intervals = {column: bound for metric, found in values.items() for column, bound in zip(interval_columns(metric), percentile_interval(found))}
+    kept = {"resampling": resampling(evaluator.params.imgIds, replicates, seed), **{metric: found.tolist() for metric, found in values.items()}}
+    return {**intervals, BOOTSTRAP_COLUMN: kept}

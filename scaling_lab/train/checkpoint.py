@@ -39,6 +39,7 @@ class Progress:
     curve: list[dict[str, float]] = field(default_factory=list)
     wall_time_s: float = 0.0
     initial_loss: float | None = None  # the first step's, the reference of ``divergence``
+    bootstrap: dict[str, Any] = field(default_factory=dict)  # the last validation's replicates over images
 
 
 def trial_fingerprint(spec: Spec, task: Task, budget: Budget, seed: int) -> str:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import nn
 
-from scaling_lab.schema import CLASSIFICATION_METRICS, DETECTION_METRICS
+from scaling_lab.schema import BOOTSTRAP_COLUMN, CLASSIFICATION_METRICS, DETECTION_METRICS
 from scaling_lab.train.anchors import flatten_levels
 from scaling_lab.train.bootstrap import bootstrap_ap
 from scaling_lab.train.postprocess import Detections, postprocess
@@ -25,11 +25,12 @@ from scaling_lab.train.precision import Precision
 from scaling_lab.train.replicas import ONE_PROCESS, Replicas
 
 
-def coco_metrics(coco_gt: COCO, results: list[dict[str, Any]], image_ids: Iterable[int], verbose: bool = False) -> dict[str, float]:
+def coco_metrics(coco_gt: COCO, results: list[dict[str, Any]], image_ids: Iterable[int], verbose: bool = False) -> dict[str, Any]:
     """COCOeval (bbox) of result records on ``image_ids`` only; no detections at all scores 0.
 
     Besides COCOeval's six numbers: the 95 % bootstrap intervals of AP and AP50 over the images
-    (``schema.interval_columns``, see ``scaling_lab.train.bootstrap``), from the same per-image matches."""
+    (``schema.interval_columns``, see ``scaling_lab.train.bootstrap``), from the same per-image
+    matches, and the bootstrap's replicates under ``schema.BOOTSTRAP_COLUMN`` (``split_bootstrap``)."""
     image_ids = sorted(set(image_ids))
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with quiet:
@@ -46,6 +47,12 @@ def coco_metrics(coco_gt: COCO, results: list[dict[str, Any]], image_ids: Iterab
         evaluator.summarize()
     metrics = {name: float(value) if value >= 0 else math.nan for name, value in zip(DETECTION_METRICS, evaluator.stats)}
     return {**metrics, **bootstrap_ap(evaluator)}
+
+
+def split_bootstrap(evaluated: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+    """An evaluation's metrics (numbers only) and its bootstrap replicates (empty when it has none)."""
+    metrics = {name: value for name, value in evaluated.items() if name != BOOTSTRAP_COLUMN}
+    return metrics, dict(evaluated.get(BOOTSTRAP_COLUMN) or {})
 
 
 def detection_results(dataset, detections: Detections, image_ids: list[int], scales: torch.Tensor) -> list[dict[str, Any]]:
@@ -81,9 +88,9 @@ def detection_records(model: nn.Module, loader, anchors: torch.Tensor, precision
 
 def evaluate_detector(
     model: nn.Module, loader, anchors: torch.Tensor, precision: Precision, replicas: Replicas = ONE_PROCESS, verbose: bool = False
-) -> dict[str, float]:
-    """COCO metrics of ``model`` over an eval-mode ``DetectionLoader`` (on the model's device);
-    with workers, each validates its share and rank 0 scores everyone's records in one COCOeval."""
+) -> dict[str, Any]:
+    """COCO metrics of ``model`` over an eval-mode ``DetectionLoader`` (on the model's device;
+    ``coco_metrics``' keys); with workers, each validates its share and rank 0 scores everyone's records in one COCOeval."""
     records, image_ids = detection_records(model, loader, anchors, precision)
     records, image_ids = replicas.gather(records), replicas.gather(image_ids)
     metrics = coco_metrics(loader.dataset.coco, records, image_ids, verbose) if replicas.is_main else None

@@ -130,4 +130,4 @@ class Training:
         if self.average is not None:
             self.average.load_state_dict(saved["ema"])
         set_rng_state(saved["rng"])
-        return Progress(**{name: saved[name] for name in ("epoch", "curve", "wall_time_s")}, initial_loss=saved.get("initial_loss"))
+        return Progress(**{name: saved[name] for name in ("epoch", "curve", "wall_time_s")}, initial_loss=saved.get("initial_loss"), bootstrap=saved.get("bootstrap") or {})

@@ -12,6 +12,7 @@ from scaling_lab.latency import resolve_device
 from scaling_lab.models import build_model
 from scaling_lab.models.weights import load_init
 from scaling_lab.spec import BackboneSpec, DetectorSpec, Spec
+from scaling_lab.train.evaluate import split_bootstrap
 from scaling_lab.train.finetune import init_source
 from scaling_lab.train.precision import precision_for
 from scaling_lab.train.trainer import adapt_spec, objective_for
@@ -45,5 +46,5 @@ def evaluate_spec(spec: Spec, task: Task, budget: Budget | None = None, device: 
     precision = precision_for(task, device)
     model = precision.place(model).eval()
     loader = make_loader(task, val_set, spec.resolution, train=False, seed=0, device=device)
-    metrics = objective_for(spec, task, device).evaluate(model, loader, precision)
+    metrics, _ = split_bootstrap(objective_for(spec, task, device).evaluate(model, loader, precision))
     return {"metrics": metrics, "notes": notes, "images": len(val_set), "spec_hash": spec.spec_hash}

@@ -39,7 +39,7 @@ from scaling_lab.spec import BackboneSpec, DetectorSpec, Spec
 from scaling_lab.train.anchors import anchors_for_spec, flatten_levels, match_anchors
 from scaling_lab.train.checkpoint import CHECKPOINT_NAME, Progress, load_checkpoint, save_checkpoint, trial_fingerprint
 from scaling_lab.train.distributed import run_on_workers
-from scaling_lab.train.evaluate import evaluate_classifier, evaluate_detector
+from scaling_lab.train.evaluate import evaluate_classifier, evaluate_detector, split_bootstrap
 from scaling_lab.train.finetune import initialize
 from scaling_lab.train.loop import Training, TrainingDiverged, divergence
 from scaling_lab.train.losses import detection_loss
@@ -207,7 +207,7 @@ def train(
             completed = epoch + 1
             evaluated = completed % budget.eval_every == 0 or completed == budget.epochs
             if evaluated:
-                metrics = training.validate(val_loader)
+                metrics, state.bootstrap = split_bootstrap(training.validate(val_loader))
                 state.curve.append({"epoch": completed, "train_loss": mean_loss, **metrics})
                 if progress and replicas.is_main:
                     bar.write(f"epoch {completed}: " + ", ".join(f"{k} {v:.4f}" for k, v in state.curve[-1].items() if k != "epoch"), file=sys.stderr)
@@ -277,6 +277,7 @@ def run_trial(
         latency_ms=latency_ms,
         wall_time_s=trained.progress.wall_time_s + time.perf_counter() - measuring_started,
         curve=trained.progress.curve,
+        bootstrap=trained.progress.bootstrap,
         versions=trained.versions,
         notes=trained.notes,
     )
