@@ -214,6 +214,11 @@ class TrialResult:
         return dataclasses.asdict(self)
 
 
+def curve_metrics(point: Mapping[str, float]) -> dict[str, float]:
+    """A curve point's validation metrics (without its ``epoch`` and ``train_loss``)."""
+    return {key: value for key, value in point.items() if key not in ("epoch", "train_loss")}
+
+
 # Called after each validation with (epoch, metrics); it may raise to stop the trial
 # (optuna.TrialPruned, or Ray Tune stopping it).
 ReportCallback = Callable[[int, Mapping[str, float]], None]
@@ -234,6 +239,13 @@ class TrialFunction(Protocol):
         device: str | None = None,
         progress: bool = False,
     ) -> TrialResult: ...
+
+
+def takes_parameter(function: Callable[..., Any], name: str) -> bool:
+    """Whether ``function`` takes ``name``, by name or through ``**kwargs`` (the optional
+    parameters a study passes only to trial functions that take them: ``workers``, ``tracking``)."""
+    parameters = inspect.signature(function).parameters.values()
+    return any((p.name == name and p.kind not in (p.POSITIONAL_ONLY, p.VAR_POSITIONAL)) or p.kind == p.VAR_KEYWORD for p in parameters)
 
 
 def trial_function_problems(function: Callable[..., Any]) -> list[str]:

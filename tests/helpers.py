@@ -68,7 +68,8 @@ def fake_trial(spec, task, budget, report=None, seed=0, checkpoint_dir=None, dev
 
 
 def write_study(folder: Path, **changes) -> Path:
-    """A tiny grid study: three feature networks x phi 0/1, two seeds, one epoch."""
+    """A tiny grid study: three feature networks x phi 0/1, two seeds, one epoch; a change to
+    None drops the key (``search_space=None`` with ``groups``)."""
     study = {
         "name": "tiny",
         "base": TINY_BASE,
@@ -85,7 +86,7 @@ def write_study(folder: Path, **changes) -> Path:
         "repeats": 2,
         "run_dir": str(folder / "run"),
     }
-    study.update(changes)
+    study = {key: value for key, value in {**study, **changes}.items() if value is not None}
     path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     return path
