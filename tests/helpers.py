@@ -97,3 +97,16 @@ def dying_trial(spec, task, budget, report=None, seed=0, checkpoint_dir=None, de
     if spec.feature_network == "panet":
         os._exit(1)
     return fake_trial(spec, task, budget, report, seed, checkpoint_dir, device, progress)
+
+
+def read_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar tag of a TensorBoard run: its (step, value) points, as TensorBoard reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    return {tag: [(event.step, event.value) for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+# A study's task whose trials the real trainer runs in seconds: eight 64 px scenes, two steps an epoch.
+TINY_STUDY_TASK = {"synthetic": {"train_images": 8, "val_images": 4, "image_size": 64, "max_object_size": 48}, "batch_size": 4, "epochs": 1, "latency": False}

@@ -18,16 +18,9 @@ from scaling_lab.train.optimization import warmup_cosine
 from scaling_lab.train.tracking import TrialTracking
 from scaling_lab.train.trainer import run_trial
 from scaling_lab.trial import Budget, curve_metrics
-from tests.helpers import TINY_DETECTOR, tiny_task, write_study
+from tests.helpers import TINY_DETECTOR, TINY_STUDY_TASK, read_scalars, tiny_task, write_study
 
 HPARAMS = "_hparams_/session_start_info"
-
-
-def read_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar tag of a TensorBoard run: its (step, value) points, as TensorBoard reads them."""
-    events = EventAccumulator(str(logdir))
-    events.Reload()
-    return {tag: [(event.step, event.value) for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 def read_hparams(logdir: Path) -> list[plugin_data_pb2.SessionStartInfo]:
@@ -46,10 +39,10 @@ def same(values: list[float], expected: list[float]) -> bool:
     )
 
 
-def killed_and_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracking: TrialTracking, epochs: int):
-    """The trial, killed while validating epoch 2 (after epoch 2's training points were written,
-    before its checkpoint), then run again to its end; its result."""
-    task, budget = tiny_task(), Budget(epochs=epochs)
+def killed_and_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracking: TrialTracking):
+    """A trial of two epochs, killed while validating epoch 2 (after epoch 2's training points
+    were written, before its checkpoint), then run again to its end; its result."""
+    task, budget = tiny_task(), Budget(epochs=2)
     validate = Training.validate
     calls = []
 
@@ -69,22 +62,22 @@ def killed_and_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracking
 
 def test_a_trial_killed_after_its_checkpoint_and_resumed_writes_each_point_once(tmp_path, monkeypatch):
     tracking = TrialTracking(tmp_path / "curves", {"channels": 16, "seed": 0, "feature_network": "bifpn"}, "abc")
-    result = killed_and_resumed(tmp_path, monkeypatch, tracking, epochs=3)
-    assert [point["epoch"] for point in result.curve] == [1, 2, 3]
+    result = killed_and_resumed(tmp_path, monkeypatch, tracking)
+    assert [point["epoch"] for point in result.curve] == [1, 2]
     assert len(list(tracking.logdir.glob("events.out.tfevents.*"))) == 1
     scalars = read_scalars(tracking.logdir)
 
     # two steps an epoch (8 images, batch 4): one logging point at each epoch's end, where the
     # mean of the steps since the last point is the epoch's mean loss
-    steps = [2, 4, 6]
+    steps = [2, 4]
     assert {tag: [step for step, _ in points] for tag, points in scalars.items()} == {
         tag: steps for tag in ["train/loss", "train/lr", "epoch", "train/epoch_loss"] + [f"val/{name}" for name in result.metrics]
     }
     values = {tag: [value for _, value in points] for tag, points in scalars.items()}
-    assert values["epoch"] == [1, 2, 3]
+    assert values["epoch"] == [1, 2]
     assert same(values["train/loss"], [point["train_loss"] for point in result.curve])
     assert same(values["train/epoch_loss"], [point["train_loss"] for point in result.curve])
-    schedule = warmup_cosine(2, 6)  # one warm-up epoch, three epochs
+    schedule = warmup_cosine(2, 4)  # one warm-up epoch of two
     assert same(values["train/lr"], [0.02 * schedule(step - 1) for step in steps])
     for name in result.metrics:
         assert same(values[f"val/{name}"], [curve_metrics(point)[name] for point in result.curve]), name
@@ -105,7 +98,7 @@ def test_mlflow_trial_runs_nest_under_the_study_run_and_a_resume_logs_each_epoch
     assert study_run(uri, "tiny", parent, "name: tiny\n", None) == parent  # kept while the store has it
     target = MlflowTarget(uri, parent, "abc-seed0")
     tracking = TrialTracking(tmp_path / "curves", {"channels": 16, "seed": 0}, "abc", target)
-    result = killed_and_resumed(tmp_path, monkeypatch, tracking, epochs=2)
+    result = killed_and_resumed(tmp_path, monkeypatch, tracking)
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("tiny")
@@ -128,7 +121,7 @@ def test_study_trials_write_tensorboard_runs_and_mlflow_runs_named_by_group_conf
 
     path = write_study(
         tmp_path, search_space=None, groups=[{"name": "wide", "search_space": {"parameters": {"channels": [24]}}}], repeats=2, tracking="mlflow",
-        task={"synthetic": {"train_images": 8, "val_images": 4, "image_size": 64, "max_object_size": 48}, "batch_size": 4, "epochs": 1, "latency": False},
+        task=TINY_STUDY_TASK,
     )
     config = load_study(path)
     frame = run_study(config, out=None)
