@@ -226,7 +226,8 @@ ReportCallback = Callable[[int, Mapping[str, float]], None]
 
 class TrialFunction(Protocol):
     """What a study calls to train one candidate: ``scaling_lab.train.run_trial``, or a stand-in
-    with the same parameters (the tests' fake trial; ``trial_function_problems`` checks one)."""
+    with the same parameters (the tests' fake trial; ``trial_function_problems`` checks one).
+    ``workers`` and ``tracking`` are passed only to functions that take them (``takes_parameter``)."""
 
     def __call__(
         self,
