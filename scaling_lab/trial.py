@@ -217,6 +217,11 @@ class TrialResult:
         return dataclasses.asdict(self)
 
 
+def curve_metrics(point: Mapping[str, float]) -> dict[str, float]:
+    """A curve point's validation metrics (without its ``epoch`` and ``train_loss``)."""
+    return {key: value for key, value in point.items() if key not in ("epoch", "train_loss")}
+
+
 # Called after each validation with (epoch, metrics); it may raise to stop the trial
 # (optuna.TrialPruned, or Ray Tune stopping it).
 ReportCallback = Callable[[int, Mapping[str, float]], None]
@@ -224,7 +229,8 @@ ReportCallback = Callable[[int, Mapping[str, float]], None]
 
 class TrialFunction(Protocol):
     """What a study calls to train one candidate: ``scaling_lab.train.run_trial``, or a stand-in
-    with the same parameters (the tests' fake trial; ``trial_function_problems`` checks one)."""
+    with the same parameters (the tests' fake trial; ``trial_function_problems`` checks one).
+    ``workers`` and ``tracking`` are passed only to functions that take them (``takes_parameter``)."""
 
     def __call__(
         self,
@@ -237,6 +243,13 @@ class TrialFunction(Protocol):
         device: str | None = None,
         progress: bool = False,
     ) -> TrialResult: ...
+
+
+def takes_parameter(function: Callable[..., Any], name: str) -> bool:
+    """Whether ``function`` takes ``name``, by name or through ``**kwargs`` (the optional
+    parameters a study passes only to trial functions that take them: ``workers``, ``tracking``)."""
+    parameters = inspect.signature(function).parameters.values()
+    return any((p.name == name and p.kind not in (p.POSITIONAL_ONLY, p.VAR_POSITIONAL)) or p.kind == p.VAR_KEYWORD for p in parameters)
 
 
 def trial_function_problems(function: Callable[..., Any]) -> list[str]:

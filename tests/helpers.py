@@ -69,7 +69,8 @@ def fake_trial(spec, task, budget, report=None, seed=0, checkpoint_dir=None, dev
 
 
 def write_study(folder: Path, **changes) -> Path:
-    """A tiny grid study: three feature networks x phi 0/1, two seeds, one epoch."""
+    """A tiny grid study: three feature networks x phi 0/1, two seeds, one epoch; a change to
+    None drops the key (``search_space=None`` with ``groups``)."""
     study = {
         "name": "tiny",
         "base": TINY_BASE,
@@ -86,7 +87,7 @@ def write_study(folder: Path, **changes) -> Path:
         "repeats": 2,
         "run_dir": str(folder / "run"),
     }
-    study.update(changes)
+    study = {key: value for key, value in {**study, **changes}.items() if value is not None}
     path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     return path
@@ -130,3 +131,16 @@ def dying_trial(spec, task, budget, report=None, seed=0, checkpoint_dir=None, de
     if spec.feature_network == "panet":
         os._exit(1)
     return fake_trial(spec, task, budget, report, seed, checkpoint_dir, device, progress)
+
+
+def read_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar tag of a TensorBoard run: its (step, value) points, as TensorBoard reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    return {tag: [(event.step, event.value) for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+# A study's task whose trials the real trainer runs in seconds: eight 64 px scenes, two steps an epoch.
+TINY_STUDY_TASK = {"synthetic": {"train_images": 8, "val_images": 4, "image_size": 64, "max_object_size": 48}, "batch_size": 4, "epochs": 1, "latency": False}

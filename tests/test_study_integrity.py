@@ -34,8 +34,6 @@ def test_profile_gets_its_own_run_folder_and_a_changed_definition_is_refused(tmp
     monkeypatch.chdir(tmp_path)
     path = write_study(tmp_path, run_dir=None, repeats=1, search_space={"parameters": {"feature_network": ["fpn", "bifpn"]}},
                        profiles={"cpu": {"task": {"epochs": 2}}})
-    text = path.read_text().replace("run_dir: null\n", "")
-    path.write_text(text)
     assert load_study(path).run_dir == tmp_path / "runs" / "tiny"
     assert load_study(path, profile="cpu").run_dir == tmp_path / "runs" / "tiny-cpu"
     assert run_dir_for(path, "cpu") == tmp_path / "runs" / "tiny-cpu"
@@ -104,8 +102,6 @@ def _varying_trial(spec, task, budget, report=None, seed=0, **_):
 
 def test_runner_derive_and_report_agree_on_the_winner(tmp_path, cli_main, capsys):
     path = write_study(tmp_path, search_space=None, groups=TWO_STEP_GROUPS, objectives=[{"metric": "AP", "direction": "minimize"}])
-    text = path.read_text().replace("search_space: null\n", "")
-    path.write_text(text)
     config = load_study(path)
     frame = run_study(config, trial_function=_varying_trial, out=None)
     grid = frame[frame["group"] == "search"]
@@ -130,7 +126,6 @@ def test_best_over_integer_and_boolean_parameters(tmp_path):
         {"name": "second", "search_space": {"parameters": {"channels": {"type": "best", "group": "first"}, "separable": {"type": "best", "group": "first"}, "feature_network": ["fpn", "bifpn"]}}},
     ]
     path = write_study(tmp_path, search_space=None, groups=groups, repeats=1)
-    path.write_text(path.read_text().replace("search_space: null\n", ""))
     frame = run_study(load_study(path), trial_function=fake_trial, out=None)
     second = frame[frame["group"] == "second"]
     assert len(second) == 2 and (second["state"] == "complete").all()

@@ -8,7 +8,7 @@ from ray import cloudpickle
 from scaling_lab.study import load_study, run_study
 
 from tests import helpers
-from tests.helpers import adaptive_study, fake_trial, noisy_trial, seeds_per_network, write_study
+from tests.helpers import TINY_STUDY_TASK, adaptive_study, fake_trial, noisy_trial, read_scalars, seeds_per_network, write_study
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,21 @@ def test_adaptive_repeats_under_ray_plan_the_rounds_of_the_local_backend(tmp_pat
     assert seeds_per_network(frame) == seeds_per_network(local) and len(frame) == len(local) < 12
     assert frame.groupby(["config_id", "seed"]).size().max() == 1
     assert info["adaptive_repeats"] == json.loads((local_config.run_dir / "study.json").read_text())["adaptive_repeats"]
+
+
+@pytest.mark.slow
+def test_trials_write_the_same_curves_on_ray_as_locally(tmp_path, two_node_cluster):
+    """One writer, in the trial: the same TensorBoard runs, tags, steps and values from both backends."""
+    path = write_study(tmp_path, search_space={"parameters": {"channels": [16]}}, task=TINY_STUDY_TASK, repeats=1)
+    local = run_study(load_study(path, run_dir=tmp_path / "local"), out=None)
+    on_ray = run_study(load_study(path, run_dir=tmp_path / "ray"), backend="ray", address=two_node_cluster.address, out=None)
+    assert local["state"].tolist() == on_ray["state"].tolist() == ["complete"]
+    name = f"{local['config_id'][0]}-seed0"
+    assert [p.name for p in (tmp_path / "local" / "tensorboard").iterdir()] == [p.name for p in (tmp_path / "ray" / "tensorboard").iterdir()] == [name]
+    curves = read_scalars(tmp_path / "local" / "tensorboard" / name)
+    assert curves["val/AP"] == [(2, pytest.approx(local["AP"][0], rel=1e-6))]
+    assert read_scalars(tmp_path / "ray" / "tensorboard" / name) == {tag: [(step, pytest.approx(value, rel=1e-6, nan_ok=True)) for step, value in points] for tag, points in curves.items()}
+    assert not list((tmp_path / "ray" / "ray").rglob("events.out.tfevents.*"))  # Tune's own TensorBoard logger is off
 
 
 def test_trials_awaiting_their_latency_are_reported_as_they_finish_training(tmp_path, two_node_cluster):

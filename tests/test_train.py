@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from scaling_lab.data import DetectionLoader, make_synthetic_coco, synthetic_dataset
 from scaling_lab.errors import ScalingLabError
@@ -407,10 +408,17 @@ def test_train_command_prints_the_trial_as_json(tmp_path, capsys):
     spec_file.write_text(TINY_DETECTOR.to_json())
     parser = argparse.ArgumentParser()
     commands.add_commands(parser.add_subparsers())
-    args = parser.parse_args(["train", str(spec_file), "--set", "channels=8", "--data", str(root), "--epochs", "1", "--batch-size", "4", "--no-latency", "--json"])
+    args = parser.parse_args(
+        ["train", str(spec_file), "--set", "channels=8", "--data", str(root), "--epochs", "1", "--batch-size", "4", "--no-latency", "--json", "--logdir", str(tmp_path / "curves")]
+    )
     assert args.func(args) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["spec_hash"] == TINY_DETECTOR.replace(channels=8).spec_hash and "AP" in printed["metrics"]
+    # the curves in TensorBoard's format, as a study's trials write them (tests/test_tracking.py)
+    events = EventAccumulator(str(tmp_path / "curves"))
+    events.Reload()
+    assert [(event.step, event.value) for event in events.Scalars("val/AP")] == [(2, pytest.approx(printed["metrics"]["AP"], rel=1e-6))]
+    assert "_hparams_/session_start_info" in events.Tags()["tensors"]
 
 
 @pytest.mark.slow

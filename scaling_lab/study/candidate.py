@@ -25,7 +25,9 @@ from scaling_lab.spec import Spec
 from scaling_lab.study import results
 from scaling_lab.study.config import StudyConfig
 from scaling_lab.study.search_space import InfeasibleCandidate, SearchSpace
-from scaling_lab.trial import Task, TrialFunction
+from scaling_lab.train.mlflow_runs import MlflowTarget
+from scaling_lab.train.tracking import TrialTracking
+from scaling_lab.trial import Task, TrialFunction, takes_parameter
 
 if TYPE_CHECKING:
     from scaling_lab.latency import Latency
@@ -108,13 +110,26 @@ class CandidateRunner:
     config: StudyConfig
     base_costs: dict[str, float]
     trial_function: TrialFunction
+    mlflow_run_id: str | None = None  # the study's MLflow run (``tracking: mlflow``)
 
     def checkpoint_dir(self, cid: str, seed: int) -> Path:
         return self.config.run_dir / "checkpoints" / f"{cid}-seed{seed}"
 
-    def run(self, space: SearchSpace, values: Mapping[str, Any], seed: int, cid: str, on_epoch: EpochHook, time_latency: bool) -> Outcome:
-        """Train one candidate. ``time_latency``: time it here before training (only where nothing
-        else runs on this device: the local backend); else ``latency_ms`` is left to the caller."""
+    def tracking(self, group: str, cid: str, seed: int, values: Mapping[str, Any]) -> TrialTracking:
+        """Where the trial writes its curves: its TensorBoard run (and MLflow run), named by group,
+        configuration and seed; its hyperparameters are its configuration's values, seed and group."""
+        configuration = "/".join(part for part in (group, cid) if part)
+        name = f"{configuration}-seed{seed}"
+        mlflow = MlflowTarget(self.config.mlflow_uri, self.mlflow_run_id, name) if self.mlflow_run_id else None
+        hyperparameters = {**values, "seed": seed, **({"group": group} if group else {})}
+        return TrialTracking(self.config.tensorboard_dir / name, hyperparameters, configuration, mlflow)
+
+    def run(
+        self, space: SearchSpace, values: Mapping[str, Any], seed: int, cid: str, group: str, on_epoch: EpochHook, time_latency: bool
+    ) -> Outcome:
+        """Train one candidate of ``group``. ``time_latency``: time it here before training (only
+        where nothing else runs on this device: the local backend); else ``latency_ms`` is left
+        to the caller. A trial function that takes ``tracking`` is given the trial's."""
         started = time.time()
         record: dict[str, Any] = {"params": dict(values), "seed": seed, "started": results.now_iso(), "curve": [], "epochs_done": 0}
 
@@ -155,12 +170,16 @@ class CandidateRunner:
 
         task = replace(self.config.task, latency=False)
         workers = self.config.resources.trial_workers
-        data_parallel = {"workers": workers} if workers.count > 1 else {}  # one trial, several Ray Train workers
+        optional: dict[str, Any] = {}
+        if workers.count > 1:
+            optional["workers"] = workers  # one trial, several Ray Train workers
+        if takes_parameter(self.trial_function, "tracking"):
+            optional["tracking"] = self.tracking(group, cid, seed, values)
         try:
             with torch_threads(self.config.resources.cpus):
                 result = self.trial_function(
                     spec, task, self.config.budget, report=report, seed=seed,
-                    checkpoint_dir=self.checkpoint_dir(cid, seed), progress=False, **data_parallel,
+                    checkpoint_dir=self.checkpoint_dir(cid, seed), progress=False, **optional,
                 )
         except optuna.TrialPruned:
             return finish("pruned", "stopped early by the pruner")

@@ -99,6 +99,20 @@ class Repeats:
         return {**self.definition(), "budget": {"trials": self.budget_trials, "hours": self.budget_hours}}
 
 
+TRACKING_KINDS = ("tensorboard", "mlflow")
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where trials' curves go. Every trial writes TensorBoard files under the run folder's
+    ``tensorboard/``; ``mlflow`` also logs one MLflow run per trial, nested under one run of
+    the study, at ``uri`` (an MLflow tracking URI; by default ``mlflow.db`` in the run folder,
+    with the artifacts in ``mlflow-artifacts/``)."""
+
+    kind: str = "tensorboard"
+    uri: str | None = None
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     name: str
@@ -120,6 +134,7 @@ class StudyConfig:
     study_file: str
     study_yaml: str
     repeats: Repeats | None = None  # None: ``Repeats(len(seeds), len(seeds))``
+    tracking: Tracking = Tracking()
 
     @property
     def repeat_plan(self) -> Repeats:
@@ -134,6 +149,15 @@ class StudyConfig:
         if self.storage == "journal":
             return f"journal:///{self.run_dir / 'study.journal'}"
         return self.storage
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        """Where the trials' TensorBoard runs are: one folder per trial, ``[<group>/]<config id>-seed<seed>``."""
+        return self.run_dir / "tensorboard"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.tracking.uri or f"sqlite:///{self.run_dir / 'mlflow.db'}"
 
     @property
     def storage_is_local(self) -> bool:

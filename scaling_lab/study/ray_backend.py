@@ -29,6 +29,7 @@ from typing import Any, Mapping
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search import Searcher
 
 from scaling_lab.errors import MachineFault, ScalingLabError
@@ -58,7 +59,9 @@ def _trainable(trial_config: dict[str, Any], runner: CandidateRunner) -> None:
     def on_epoch(epoch: int, metrics: Mapping[str, float], record: dict) -> None:
         tune.report({**_numbers(metrics), "epoch": epoch, "record": json.dumps(record)})
 
-    outcome = runner.run(trial_config["space"], trial_config["values"], trial_config["seed"], trial_config["config_id"], on_epoch, time_latency=False)
+    outcome = runner.run(
+        trial_config["space"], trial_config["values"], trial_config["seed"], trial_config["config_id"], trial_config["group"], on_epoch, time_latency=False
+    )
     # The outcome is one step past the last epoch, so a scheduler never stops a trial before it.
     final = {"record": json.dumps(outcome.record), "epoch": runner.config.budget.epochs + 1, "outcome": outcome.state}
     final.update(_numbers(outcome.record.get("costs") or {}))
@@ -255,6 +258,7 @@ def _fit_group(session: StudySession, group: Group, heartbeat: Heartbeat, cluste
             ),
             run_config=tune.RunConfig(
                 name=f"{config.name}-{group.name or 'main'}-{time.strftime('%Y%m%d-%H%M%S')}",
+                callbacks=[CSVLoggerCallback(), JsonLoggerCallback()],
                 storage_path=str(config.run_dir / "ray"),
                 failure_config=tune.FailureConfig(max_failures=RAY_TRIAL_RETRIES),
                 verbose=0,
@@ -279,6 +283,9 @@ def run_ray(session: StudySession, address: str | None) -> None:
 
     # Rejected and failed trials report no objective metric; the record says what happened.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Tune's loggers are the ones each Tuner is given: its TensorBoard files would show every
+    # trial a second time, beside the trial's own (``scaling_lab.train.tracking``).
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     started_here = not ray.is_initialized()
     quiet_ray()
     if started_here:

@@ -11,7 +11,6 @@ Several workers may run one study on a shared database; see ``session`` for what
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import sys
 from dataclasses import replace
@@ -29,9 +28,9 @@ from scaling_lab.study.candidate import Outcome
 from scaling_lab.study.config import Group, StudyConfig
 from scaling_lab.study.session import StudySession, check_rejections, optuna_state, tell_once
 from scaling_lab.study.storage import Heartbeat
-from scaling_lab.trial import TrialFunction, trial_function_problems
+from scaling_lab.trial import TrialFunction, takes_parameter, trial_function_problems
 
-def _run_one(session: StudySession, trial: optuna.Trial, space: Any, values: dict[str, Any], seed: int, cid: str) -> Outcome:
+def _run_one(session: StudySession, trial: optuna.Trial, space: Any, values: dict[str, Any], seed: int, cid: str, group: str) -> Outcome:
     """Train one trial here, with heartbeats, and tell the study its outcome."""
     pruning = session.config.early_stopping.type != "none"
     metric = session.config.objectives[0].metric
@@ -46,7 +45,7 @@ def _run_one(session: StudySession, trial: optuna.Trial, space: Any, values: dic
     told = False
     try:
         with Heartbeat(session.storage, [trial._trial_id]):
-            outcome = session.candidates.run(space, values, seed, cid, on_epoch, time_latency=True)
+            outcome = session.candidates.run(space, values, seed, cid, group, on_epoch, time_latency=True)
         told = tell_once(session, trial, outcome.record, outcome.values, optuna_state(outcome.state))
     finally:
         if not told:  # interrupted (Ctrl-C): no record state, so the next plan enqueues it again
@@ -68,7 +67,7 @@ def work_through(session: StudySession, group: Group) -> None:
             session.wait(group)
             continue
         trial, trial_group, space, values, seed, cid = started
-        outcome = _run_one(session, trial, space, values, seed, cid)
+        outcome = _run_one(session, trial, space, values, seed, cid, trial_group.name)
         session.refresh()
         if outcome.state == "interrupted":  # the machine's fault: stop here, the next run runs it again
             raise MachineFault(f"{outcome.record['error']} (trial {trial.number})")
@@ -124,9 +123,7 @@ def run_study(
             f"trial_function {getattr(trial_function, '__name__', trial_function)!r}: {'; '.join(problems)}; "
             "it must take the parameters of scaling_lab.trial.TrialFunction"
         )
-    parameters = inspect.signature(trial_function).parameters.values() if trial_function is not None else ()
-    takes_workers = any(p.name == "workers" or p.kind == p.VAR_KEYWORD for p in parameters)
-    if config.resources.workers > 1 and trial_function is not None and not takes_workers:
+    if config.resources.workers > 1 and trial_function is not None and not takes_parameter(trial_function, "workers"):
         raise ScalingLabError(
             f"resources.workers {config.resources.workers}: trial_function {getattr(trial_function, '__name__', trial_function)!r} "
             "takes no parameter 'workers'; data-parallel trials need scaling_lab.train.run_trial (or a function with its workers parameter)"
@@ -143,7 +140,10 @@ def run_study(
             run_ray(session, address)
         else:
             run_local(session)
-        return session.refresh(finished=session.is_finished())
+        finished = session.is_finished()
+        if finished:
+            session.finish()
+        return session.refresh(finished=finished)
     finally:
         session.close()
         optuna.logging.set_verbosity(previous_verbosity)

@@ -37,9 +37,11 @@ from scaling_lab.study.fingerprint import check_same_definition, definition, def
 from scaling_lab.study.run_folder import check_database, find_database
 from scaling_lab.study.planning import ADAPTIVE_ATTR, GroupPlanning
 from scaling_lab.study.search_space import SearchSpace
+from scaling_lab.train.mlflow_runs import end_study_run, study_run
 from scaling_lab.trial import TrialFunction
 
 MAX_CONSECUTIVE_REJECTIONS = 100
+MLFLOW_RUN_ATTR = "mlflow_run_id"
 REASON_CHARS = 300  # the short failure reason shown in optuna-dashboard (the record can be cut there)
 
 
@@ -141,11 +143,23 @@ class StudySession(GroupPlanning):
                 self.study.set_user_attr("definition", self.definition)
                 self.study.set_user_attr("created", attrs.get("created") or results.now_iso())
                 self.study.set_user_attr("git_commit", results.git_commit(Path(config.study_file).parent))
+            mlflow_run_id = self._mlflow_run() if config.tracking.kind == "mlflow" else None
         self.base_costs = cost_counts(config.base)
-        self.candidates = CandidateRunner(config, self.base_costs, trial_function or default_trial_function())
+        self.candidates = CandidateRunner(config, self.base_costs, trial_function or default_trial_function(), mlflow_run_id)
         self._spaces: dict[str, SearchSpace] = {}
         if self._lock is not None:
             self._fail_running_trials()
+
+    def _mlflow_run(self) -> str:
+        """The study's MLflow run, made once and kept in the study (under the planning lock, so
+        that workers opening the study together share one)."""
+        config = self.config
+        stored = self.study.user_attrs.get(MLFLOW_RUN_ATTR)
+        artifacts = None if config.tracking.uri else (config.run_dir / "mlflow-artifacts").as_uri()
+        run_id = study_run(config.mlflow_uri, config.name, stored, config.study_yaml, artifacts)
+        if run_id != stored:
+            self.study.set_user_attr(MLFLOW_RUN_ATTR, run_id)
+        return run_id
 
     def _where(self) -> str:
         return str(self.config.run_dir) if storage.is_local(self.config.storage_url) else f"the study {self.config.name!r} of {storage.masked(self.config.storage_url)}"
@@ -232,6 +246,11 @@ class StudySession(GroupPlanning):
 
     def is_finished(self) -> bool:
         return all(self.settled(g) for g in self.config.groups)
+
+    def finish(self) -> None:
+        """The study has run every planned trial: its MLflow run ends as finished."""
+        if self.candidates.mlflow_run_id is not None:
+            end_study_run(self.config.mlflow_uri, self.candidates.mlflow_run_id)
 
 
 def check_rejections(session: StudySession, group: Group) -> None:

@@ -17,7 +17,7 @@ from scaling_lab.ranges import Range
 from scaling_lab.schema import COST_COLUMNS, quality_metrics
 from scaling_lab.spec import Spec, deep_merge, spec_from_dict
 from scaling_lab.spec_files import load_spec, parse_overrides, read_yaml
-from scaling_lab.study.config import EarlyStopping, Group, Objective, Repeats, Resources, Sampler, StudyConfig
+from scaling_lab.study.config import TRACKING_KINDS, EarlyStopping, Group, Objective, Repeats, Resources, Sampler, StudyConfig, Tracking
 from scaling_lab.study.search_space_files import load_search_space
 from scaling_lab.trial import Budget, Task, batch_split_problem
 
@@ -29,6 +29,7 @@ DIRECTIONS = ("maximize", "minimize")
 STUDY_KEYS = (
     "name", "experiment", "description", "base", "search_space", "groups", "task", "objectives", "sampler",
     "early_stopping", "repeats", "resources", "backend", "storage", "run_dir", "measure_latency", "derive", "profiles",
+    "tracking",
 )
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -221,6 +222,18 @@ def _parse_storage(where: str, raw: Any) -> str | None:
     return raw
 
 
+def _parse_tracking(where: str, raw: Any) -> Tracking:
+    """``tracking: mlflow`` or ``tracking: {kind: mlflow, uri: URI}`` (TensorBoard files are always written)."""
+    entry = _mapping(where, "tracking", {"kind": raw} if isinstance(raw, str) else raw, ("kind", "uri"))
+    kind = _choice(where, "tracking.kind", entry.get("kind", Tracking.kind), TRACKING_KINDS)
+    uri = entry.get("uri")
+    if uri is not None and (not isinstance(uri, str) or not uri):
+        raise _fail(where, f"tracking.uri: expected an MLflow tracking URI such as http://host:5000 or sqlite:///mlflow.db, got {uri!r}")
+    if uri is not None and kind != "mlflow":
+        raise _fail(where, "tracking.uri: is MLflow's tracking URI; set tracking.kind: mlflow to use it")
+    return Tracking(kind, uri)
+
+
 def _parse_derive_group(where: str, raw: Any, groups: tuple[Group, ...]) -> str | None:
     derive_group = _mapping(where, "derive", raw, ("group",)).get("group")
     if derive_group is not None and (not isinstance(derive_group, str) or derive_group not in {g.name for g in groups}):
@@ -275,6 +288,7 @@ def parse_study(
         study_file=str(Path(study_file).resolve()) if Path(study_file).is_file() else str(study_file),
         study_yaml=study_yaml,
         repeats=repeats,
+        tracking=_parse_tracking(where, data.get("tracking")),
     )
 
 

@@ -40,6 +40,9 @@ class Progress:
     wall_time_s: float = 0.0
     initial_loss: float | None = None  # the first step's, the reference of ``divergence``
     bootstrap: dict[str, Any] = field(default_factory=dict)  # the last validation's replicates over images
+    # The training loss and learning rate at each logging step: {"step", "loss", "lr", "time"}
+    # (global step, wall time), so that a resumed trial writes its curves again up to here.
+    steps: list[dict[str, float]] = field(default_factory=list)
 
 
 def trial_fingerprint(spec: Spec, task: Task, budget: Budget, seed: int) -> str:

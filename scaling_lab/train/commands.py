@@ -16,7 +16,8 @@ from typing import Any
 
 from scaling_lab.files import check_output_folder, folder_argument
 from scaling_lab.ranges import BUDGET_RANGES, POSITIVE_INT, SEED_RANGE, TASK_RANGES, flag
-from scaling_lab.spec_files import load_spec
+from scaling_lab.schema import flatten_spec
+from scaling_lab.spec_files import load_spec, parse_overrides
 from scaling_lab.trial import BAD_DATA, Budget, Task, Workers
 
 
@@ -52,6 +53,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=flag(SEED_RANGE), default=0, help="random seed (default: 0)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--checkpoint-dir", type=folder_argument, default=None, help="save a checkpoint every epoch here and resume from it")
+    parser.add_argument(
+        "--logdir", type=folder_argument, default=None,
+        help="write the trial's curves here in TensorBoard's format (tensorboard --logdir DIR); with --checkpoint-dir a resumed run continues them",
+    )
     parser.add_argument(
         "--workers", type=flag(POSITIVE_INT), default=1,
         help="train data-parallel on this many processes through a local Ray (one GPU each on CUDA, the CPU cores shared "
@@ -108,14 +113,25 @@ def _add_init_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def train_hyperparameters(args: argparse.Namespace, task: Task) -> dict[str, Any]:
+    """What ``train --logdir`` records as the trial's hyperparameters: the spec as named, its
+    ``--set`` overrides and the recipe's flags."""
+    return {
+        "spec": args.spec, **flatten_spec(parse_overrides(args.overrides)), "lr": task.peak_lr, "batch_size": task.batch_size,
+        "optimizer": task.optimizer, "epochs": args.epochs, "seed": args.seed,
+    }
+
+
 def run_train_command(args: argparse.Namespace) -> int:
     from scaling_lab.latency import resolve_device
     from scaling_lab.spec import DetectorSpec
+    from scaling_lab.train.tracking import TrialTracking
     from scaling_lab.train.trainer import run_trial
 
     spec = load_spec(args.spec, args.overrides)
-    if args.checkpoint_dir is not None:
-        check_output_folder(args.checkpoint_dir, "--checkpoint-dir")
+    for folder, flag_name in ((args.checkpoint_dir, "--checkpoint-dir"), (args.logdir, "--logdir")):
+        if folder is not None:
+            check_output_folder(folder, flag_name)
     task = Task(
         kind="detection" if isinstance(spec, DetectorSpec) else "classification",
         data=args.data,
@@ -135,7 +151,10 @@ def run_train_command(args: argparse.Namespace) -> int:
     budget = Budget(epochs=args.epochs, max_train_images=args.max_train_images, max_val_images=args.max_val_images)
     on_cuda = resolve_device(args.device).type == "cuda"
     workers = Workers(args.workers, cpus_per_worker=max(1, (os.cpu_count() or 1) // args.workers), gpus_per_worker=1.0 if on_cuda else 0.0)
-    result = run_trial(spec, task, budget, seed=args.seed, checkpoint_dir=args.checkpoint_dir, device=args.device, progress=True, workers=workers)
+    tracking = TrialTracking(args.logdir, train_hyperparameters(args, task), spec.spec_hash) if args.logdir is not None else None
+    result = run_trial(
+        spec, task, budget, seed=args.seed, checkpoint_dir=args.checkpoint_dir, device=args.device, progress=True, workers=workers, tracking=tracking
+    )
     if args.json:
         print(json.dumps(_json_safe(result.to_dict())))
         return 0

@@ -4,6 +4,7 @@ for one process and for data-parallel workers (``Replicas``)."""
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -17,6 +18,7 @@ from scaling_lab.train.finetune import train_mode
 from scaling_lab.train.optimization import WeightAverage
 from scaling_lab.train.precision import Precision
 from scaling_lab.train.replicas import Replicas
+from scaling_lab.train.tracking import TrialWriter
 from scaling_lab.trial import Task
 
 # The loss is checked for NaN/inf every this many steps (and at each epoch end) rather than at
@@ -81,19 +83,31 @@ class Training:
             self.average.update()
         return loss.detach()
 
-    def train_epoch(self, loader: Any, epoch: int, state: Progress, bar: tqdm, trial: str) -> float:
-        """Train one epoch; the mean loss over its steps (over all workers). Raises
+    def learning_rate(self) -> float:
+        """The task's learning rate at the last step (the backbone's is ``backbone_lr_scale`` times it)."""
+        return self.task.peak_lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch - 1)
+
+    def train_epoch(self, loader: Any, epoch: int, state: Progress, bar: tqdm, trial: str, writer: TrialWriter | None = None) -> float:
+        """Train one epoch; the mean loss over its steps (over all workers). Each loss check is
+        a logging step, kept in ``state.steps`` and written by ``writer``. Raises
         ``TrainingDiverged`` on every rank at once: they all check the same summed loss."""
         loader.set_epoch(epoch)
         train_mode(self.model, self.task)
         loss_sum = torch.zeros((), device=self.precision.device)
         steps = len(loader)
+        logged_total, logged_step = 0.0, 0
         for step, batch in enumerate(loader, start=1):
             loss_sum += self.step(batch)
             if state.initial_loss is None:
                 state.initial_loss = self.replicas.sum(loss_sum).item() / self.replicas.count
             if step % LOSS_CHECK_INTERVAL == 0 or step == steps:
-                mean_loss = self.replicas.sum(loss_sum).item() / self.replicas.count / step
+                total = self.replicas.sum(loss_sum).item() / self.replicas.count
+                mean_loss = total / step
+                point = {"step": epoch * steps + step, "loss": (total - logged_total) / (step - logged_step), "lr": self.learning_rate(), "time": time.time()}
+                state.steps.append(point)
+                if writer is not None:
+                    writer.step(point)
+                logged_total, logged_step = total, step
                 reason = divergence(mean_loss, state.initial_loss)
                 if reason:
                     raise TrainingDiverged(
@@ -130,4 +144,7 @@ class Training:
         if self.average is not None:
             self.average.load_state_dict(saved["ema"])
         set_rng_state(saved["rng"])
-        return Progress(**{name: saved[name] for name in ("epoch", "curve", "wall_time_s")}, initial_loss=saved.get("initial_loss"), bootstrap=saved.get("bootstrap") or {})
+        return Progress(
+            **{name: saved[name] for name in ("epoch", "curve", "wall_time_s")}, initial_loss=saved.get("initial_loss"),
+            bootstrap=saved.get("bootstrap") or {}, steps=saved.get("steps", []),
+        )

@@ -46,7 +46,8 @@ from scaling_lab.train.losses import detection_loss
 from scaling_lab.train.optimization import WeightAverage, fit_batch_norm_momentum, make_optimizer, seed_everything, warmup_cosine, worker_seed
 from scaling_lab.train.precision import Precision, precision_for
 from scaling_lab.train.replicas import ONE_PROCESS, Replicas
-from scaling_lab.trial import Budget, ReportCallback, Task, TrialResult, Workers, batch_split_problem
+from scaling_lab.train.tracking import TrialTracking, TrialWriter
+from scaling_lab.trial import Budget, ReportCallback, Task, TrialResult, Workers, batch_split_problem, curve_metrics
 
 log = logging.getLogger(__name__)
 ONE_WORKER = Workers()
@@ -164,6 +165,7 @@ def train(
     device: torch.device,
     progress: bool,
     replicas: Replicas = ONE_PROCESS,
+    tracking: TrialTracking | None = None,
 ) -> Trained:
     """Train and validate (this worker's share of) the trial; see ``run_trial``."""
     started = time.perf_counter()
@@ -189,6 +191,7 @@ def train(
         state = training.restore(saved)
         notes.append(f"resumed from {checkpoint} after epoch {state.epoch}")
     previous_wall_time = state.wall_time_s
+    writer = TrialWriter(tracking, state, steps_per_epoch, train_spec, checkpoint) if tracking is not None and replicas.is_main else None
 
     bar = tqdm(
         total=budget.epochs * steps_per_epoch,
@@ -203,7 +206,7 @@ def train(
         for epoch in range(state.epoch, budget.epochs):
             if replicas.count > 1:  # each worker its own dropout and drop-path draws, the same after a resume
                 seed_everything(worker_seed(seed, epoch, replicas.rank))
-            mean_loss = training.train_epoch(train_loader, epoch, state, bar, f"spec {spec.spec_hash} with lr {task.peak_lr}")
+            mean_loss = training.train_epoch(train_loader, epoch, state, bar, f"spec {spec.spec_hash} with lr {task.peak_lr}", writer)
             completed = epoch + 1
             evaluated = completed % budget.eval_every == 0 or completed == budget.epochs
             if evaluated:
@@ -215,10 +218,16 @@ def train(
             state.wall_time_s = previous_wall_time + time.perf_counter() - started
             if checkpoint is not None and replicas.is_main:
                 save_checkpoint(checkpoint, training.checkpoint(fingerprint, state))
+            if evaluated and writer is not None:
+                writer.epoch(state.curve[-1], state.steps[-1]["time"])
             if evaluated and report is not None:
                 report(completed, dict(state.curve[-1]))
+        if writer is not None:
+            writer.finish(state.curve[-1])
     finally:
         bar.close()
+        if writer is not None:
+            writer.close()
     return Trained(train_spec, state, notes, _versions(device))
 
 
@@ -232,6 +241,7 @@ def run_trial(
     device: str | torch.device | None = None,
     progress: bool = False,
     workers: Workers = ONE_WORKER,
+    tracking: TrialTracking | None = None,
 ) -> TrialResult:
     """Train ``spec`` on ``task`` for ``budget`` and return the final metrics and measurements.
 
@@ -240,7 +250,8 @@ def run_trial(
     every worker has stopped). With ``checkpoint_dir``, a checkpoint is written at every epoch
     end and a run finds and resumes its own checkpoint there (whatever the worker count).
     ``progress`` shows a tqdm bar on stderr. ``workers`` above one trains data-parallel through
-    Ray Train (a local Ray is started when none is running).
+    Ray Train (a local Ray is started when none is running). ``tracking`` writes the trial's
+    curves (TensorBoard, and MLflow when it names a run; see ``scaling_lab.train.tracking``).
     """
     expected = DetectorSpec if task.kind == "detection" else BackboneSpec
     if not isinstance(spec, expected):
@@ -252,7 +263,7 @@ def run_trial(
     split_problem = batch_split_problem(task.batch_size, workers.count)
     if split_problem:
         raise ScalingLabError(split_problem)
-    arguments = {"spec": spec, "task": task, "budget": budget, "seed": seed, "checkpoint_dir": checkpoint_dir, "progress": progress}
+    arguments = {"spec": spec, "task": task, "budget": budget, "seed": seed, "checkpoint_dir": checkpoint_dir, "progress": progress, "tracking": tracking}
     if workers.count == 1:
         trained = train(report=report, device=device, **arguments)
     else:
@@ -269,7 +280,7 @@ def run_trial(
     return TrialResult(
         spec_hash=spec.spec_hash,
         seed=seed,
-        metrics={key: value for key, value in final.items() if key not in ("epoch", "train_loss")},
+        metrics=curve_metrics(final),
         params=measured.params,
         flops=measured.flops,
         flops_elementwise=measured.flops_elementwise,
