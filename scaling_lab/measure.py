@@ -26,6 +26,7 @@ import torch
 from scaling_lab.latency import Latency, measure_latency
 from scaling_lab.measure_cache import COUNTING_LIBRARIES, cache_dir, measurement_key, read_cached, write_cached
 from scaling_lab.models import build_model
+from scaling_lab.resolution import Resolution
 from scaling_lab.schema import library_versions
 from scaling_lab.spec import Spec
 
@@ -62,7 +63,7 @@ PARTS = {
 @dataclass(frozen=True)
 class Measurement:
     spec_hash: str
-    resolution: int
+    resolution: Resolution  # [height, width] (a list) for a rectangle
     params: int
     flops: int
     flops_elementwise: int
@@ -115,7 +116,7 @@ def count(spec: Spec) -> dict[str, Any]:
     from fvcore.nn import FlopCountAnalysis, jit_handles
 
     model = build_model(spec).eval()
-    analysis = FlopCountAnalysis(model, torch.zeros(1, 3, spec.resolution, spec.resolution))
+    analysis = FlopCountAnalysis(model, torch.zeros(1, 3, *spec.input_size))
     for op, flop_handle in {
         "aten::_convolution": jit_handles.conv_flop_jit,
         "aten::addmm": jit_handles.addmm_flop_jit,

@@ -209,7 +209,7 @@ def test_eval_images_are_normalized_with_zero_padding(tmp_path):
 
 
 def test_batch_moves_to_a_device():
-    batch = DetectionBatch(torch.zeros(1, 3, 8, 8), torch.zeros(1, 1, 4), torch.full((1, 1), -1), [7], torch.ones(1))
+    batch = DetectionBatch(torch.zeros(1, 3, 8, 8), torch.zeros(1, 1, 4), torch.full((1, 1), -1), [7], torch.ones(1), torch.full((1, 2), 8.0))
     moved = batch.to("cpu", non_blocking=True)
     assert isinstance(moved, DetectionBatch) and moved.image_ids == [7] and moved.images.device.type == "cpu"
 
