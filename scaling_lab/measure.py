@@ -26,7 +26,6 @@ import torch
 from scaling_lab.latency import Latency, measure_latency
 from scaling_lab.measure_cache import COUNTING_LIBRARIES, cache_dir, measurement_key, read_cached, write_cached
 from scaling_lab.models import build_model
-from scaling_lab.resolution import Resolution
 from scaling_lab.schema import library_versions
 from scaling_lab.spec import Spec
 
@@ -63,7 +62,7 @@ PARTS = {
 @dataclass(frozen=True)
 class Measurement:
     spec_hash: str
-    resolution: Resolution  # [height, width] (a list) for a rectangle
+    resolution: int | list[int]  # [height, width] for a rectangle, as the spec serializes it
     params: int
     flops: int
     flops_elementwise: int
@@ -142,7 +141,7 @@ def count(spec: Spec) -> dict[str, Any]:
             part[key] += int(value)
     totals = {key: sum(part[key] for part in breakdown.values()) for key in ("params", "flops", "flops_elementwise", "activations")}
     uncounted = {op: int(calls) for op, calls in sorted(analysis.unsupported_ops().items())}
-    return {"resolution": spec.resolution, **totals, "breakdown": breakdown, "uncounted_ops": uncounted}
+    return {"resolution": spec.to_dict()["resolution"], **totals, "breakdown": breakdown, "uncounted_ops": uncounted}
 
 
 def measure(

@@ -57,9 +57,9 @@ def resolution_problem(resolution: Resolution, minimum: int = 1, max_level: int 
         return f"resolution {shown} must be at least {minimum}{' on each side (height, width)' if rectangle else ''}"
     stride = 2**max_level if max_level is not None else 1
     if any(side % stride for side in sides):
-        example = snapped(sides, stride)
+        example = [max(stride, nearest_multiple(side, stride)) for side in sides]
         return (
             f"resolution {shown} must be divisible by 2^max_level = {stride}{' on each side (height, width)' if rectangle else ''} "
-            f"(e.g. {list(example) if isinstance(example, tuple) else example})"
+            f"(e.g. {example if rectangle else example[0]})"
         )
     return None

@@ -228,6 +228,16 @@ def test_postprocess_caps_detections_and_maps_classes():
     assert reference.valid.sum(1).tolist() == [10, 10] and reference.labels[0, 0].item() == 2
 
 
+def test_postprocess_clips_boxes_to_each_images_area_not_the_padded_input():
+    # One 40x40 anchor; its box decoded twice as wide: [-20, 0, 60, 40]. Image 0 fills only
+    # 30 rows x 50 columns of the input (letterboxed), image 1 all of a 64x64 one.
+    anchors = torch.tensor([[0.0, 0, 40, 40]])
+    deltas = torch.tensor([0.0, 0, 0, math.log(2)]).expand(2, 1, 4)
+    detections = postprocess(torch.full((2, 1, 1), 5.0), deltas, anchors, image_sizes=torch.tensor([[30.0, 50.0], [64.0, 64.0]]))
+    assert detections.boxes[0, 0].tolist() == pytest.approx([0, 0, 50, 30])
+    assert detections.boxes[1, 0].tolist() == pytest.approx([0, 0, 60, 40])
+
+
 def test_postprocess_suppresses_above_iou_0_5_by_default_as_the_reference_does():
     # one class; B overlaps A by IoU 0.55 (suppressed at the reference's 0.5, kept at 0.6, where
     # it would suppress C); C overlaps A by 0.45 and B by 0.82
