@@ -27,8 +27,8 @@ from scaling_lab.data.transforms import (
     Augmentation,
     normalize_padded,
     sample_augmentation,
-    warp_boxes,
     visible_sizes,
+    warp_boxes,
     warp_images,
 )
 from scaling_lab.errors import ScalingLabError
