@@ -12,6 +12,7 @@ from scaling_lab.paper import OFFICIAL_FLOPS, OFFICIAL_PARAMS, EfficientNetRow, 
 from scaling_lab.presets import PRESETS
 from scaling_lab.schema import uncounted_text
 from scaling_lab.ranges import POSITIVE_INT, flag
+from scaling_lab.resolution import resolution_text
 from scaling_lab.spec import BackboneSpec, DetectorSpec, Spec
 from scaling_lab.spec_files import load_spec
 
@@ -92,7 +93,7 @@ def measure_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**result.to_dict(), "spec": spec.to_dict()}))
         return 0
-    print(f"spec {spec.spec_hash} ({spec.kind}, resolution {result.resolution})")
+    print(f"spec {spec.spec_hash} ({spec.kind}, resolution {resolution_text(spec.resolution)})")
     print(f"params       {result.params:>15,}  ({_human(result.params)})")
     print(f"FLOPs        {result.flops:>15,}  ({_human(result.flops)} multiply-adds: convs, linear, BN, pooling, upsampling)")
     print(f"element-wise {result.flops_elementwise:>15,}  ({_human(result.flops_elementwise)}: add, mul, div, softmax, sigmoid, relu)")

@@ -159,7 +159,7 @@ def time_latency(spec: Spec, batch_size: int = 8, device: str | None = None, dty
     model = model.eval().to(device, memory_format=torch.channels_last)
 
     def timing(batch: int) -> Timing:
-        images = torch.randn(batch, 3, spec.resolution, spec.resolution, device=device).to(memory_format=torch.channels_last)
+        images = torch.randn(batch, 3, *spec.input_size, device=device).to(memory_format=torch.channels_last)
 
         def forward() -> None:
             model(images)

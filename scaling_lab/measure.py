@@ -62,7 +62,7 @@ PARTS = {
 @dataclass(frozen=True)
 class Measurement:
     spec_hash: str
-    resolution: int
+    resolution: int | list[int]  # [height, width] for a rectangle, as the spec serializes it
     params: int
     flops: int
     flops_elementwise: int
@@ -115,7 +115,7 @@ def count(spec: Spec) -> dict[str, Any]:
     from fvcore.nn import FlopCountAnalysis, jit_handles
 
     model = build_model(spec).eval()
-    analysis = FlopCountAnalysis(model, torch.zeros(1, 3, spec.resolution, spec.resolution))
+    analysis = FlopCountAnalysis(model, torch.zeros(1, 3, *spec.input_size))
     for op, flop_handle in {
         "aten::_convolution": jit_handles.conv_flop_jit,
         "aten::addmm": jit_handles.addmm_flop_jit,
@@ -141,7 +141,7 @@ def count(spec: Spec) -> dict[str, Any]:
             part[key] += int(value)
     totals = {key: sum(part[key] for part in breakdown.values()) for key in ("params", "flops", "flops_elementwise", "activations")}
     uncounted = {op: int(calls) for op, calls in sorted(analysis.unsupported_ops().items())}
-    return {"resolution": spec.resolution, **totals, "breakdown": breakdown, "uncounted_ops": uncounted}
+    return {"resolution": spec.to_dict()["resolution"], **totals, "breakdown": breakdown, "uncounted_ops": uncounted}
 
 
 def measure(

@@ -17,7 +17,8 @@ import math
 from dataclasses import dataclass
 
 from scaling_lab.errors import SpecError
-from scaling_lab.spec import BackboneSpec, DetectorSpec, nearest_multiple
+from scaling_lab.resolution import Resolution, scaled, snapped
+from scaling_lab.spec import BackboneSpec, DetectorSpec
 
 CHANNEL_DIVISOR = 8
 
@@ -37,10 +38,10 @@ def round_repeats(repeats: int, depth: float = 1.0) -> int:
     return int(math.ceil(depth * repeats))
 
 
-def snap_resolution(resolution: float, max_level: int) -> int:
-    """The nearest multiple of 2^max_level (halves up; at least one), so every pyramid level divides evenly."""
-    stride = 2**max_level
-    return max(stride, nearest_multiple(resolution, stride))
+def snap_resolution(resolution: float | tuple[float, float], max_level: int) -> Resolution:
+    """Each side to the nearest multiple of 2^max_level (halves up; at least one), so every
+    pyramid level divides evenly."""
+    return snapped(resolution, 2**max_level)
 
 
 @dataclass(frozen=True)
@@ -96,11 +97,11 @@ def fast_compound_exponents(width_share: float = FAST_WIDTH_SHARE) -> ScalingExp
 
 
 def scale_backbone(base: BackboneSpec, multipliers: Multipliers) -> BackboneSpec:
-    """A backbone with depth and width multiplied and resolution scaled (rounded to an integer)."""
+    """A backbone with depth and width multiplied and resolution scaled (each side rounded to an integer)."""
     return base.replace(
         depth=round(base.depth * multipliers.depth, 6),
         width=round(base.width * multipliers.width, 6),
-        resolution=nearest_multiple(base.resolution * multipliers.resolution, 1),
+        resolution=snapped(scaled(base.resolution, multipliers.resolution), 1),
     )
 
 
@@ -126,7 +127,8 @@ def efficientdet_heuristic(phi: int) -> EfficientDetScale:
 
 def scale_detector(base: DetectorSpec, depth: float = 1.0, width: float = 1.0, resolution: float = 1.0) -> DetectorSpec:
     """Multiply a detector's depth (backbone depth, feature and head repeats), width (backbone
-    width, feature channels) and resolution (snapped to a multiple of 2^max_level)."""
+    width, feature channels) and resolution (both sides of a rectangle, each snapped to a multiple
+    of 2^max_level)."""
     for name, value in (("depth", depth), ("width", width), ("resolution", resolution)):
         if value <= 0:
             raise SpecError(f"{name} multiplier {value} must be positive")
@@ -135,7 +137,7 @@ def scale_detector(base: DetectorSpec, depth: float = 1.0, width: float = 1.0, r
     )
     return base.replace(
         backbone=backbone.to_dict(),
-        resolution=snap_resolution(base.resolution * resolution, base.max_level),
+        resolution=snap_resolution(scaled(base.resolution, resolution), base.max_level),
         channels=round_channels(base.channels, width),
         feature_repeats=round_repeats(base.feature_repeats, depth),
         head_repeats=round_repeats(base.head_repeats, depth),

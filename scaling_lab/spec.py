@@ -23,6 +23,7 @@ import yaml
 
 from scaling_lab.errors import SpecError
 from scaling_lab.graphs import feature_graph
+from scaling_lab.resolution import Resolution, image_size, resolution_of, resolution_problem
 
 ACTIVATIONS = ("swish", "relu", "relu6", "hard_swish", "gelu")
 FUSIONS = ("sum", "weighted", "softmax", "fast")
@@ -104,6 +105,11 @@ class _SpecBase:
     def spec_hash(self) -> str:
         """A stable content hash: equal specs hash equal across processes and versions."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the spec's input images."""
+        return image_size(self.resolution)  # type: ignore[attr-defined]
 
     def replace(self, **changes: Any):
         """A copy with some fields changed, validated like any new spec."""
@@ -202,12 +208,6 @@ def coerce_field(where: str, value: Any, hint: Any) -> Any:
     raise TypeError(f"unsupported spec field type {hint!r}")  # a programming error, not bad input
 
 
-def nearest_multiple(value: float, multiple: int) -> int:
-    """``value`` rounded to the nearest multiple of ``multiple``, halves up (576 and 704 both
-    go up to 640 and 768 at 128), the one rounding of resolutions everywhere."""
-    return math.floor(value / multiple + 0.5 + 1e-9) * multiple  # 1e-9: a half reached through float error is a half
-
-
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise SpecError(message)
@@ -215,6 +215,16 @@ def _check(condition: bool, message: str) -> None:
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     _check(value in choices, f"{name} {value!r} is not valid; valid values are {', '.join(choices)}")
+
+
+def _settle_resolution(spec: Any, minimum: int, max_level: int | None = None) -> None:
+    """Check a spec's resolution and keep a square one an int (``[512, 512]`` is ``512``: the
+    serialization and hash of square specs do not depend on how they were written)."""
+    if isinstance(spec.resolution, (tuple, list)):
+        object.__setattr__(spec, "resolution", resolution_of(*image_size(spec.resolution)))
+    problem = resolution_problem(spec.resolution, minimum, max_level)
+    if problem:
+        raise SpecError(problem)
 
 
 @dataclass(frozen=True)
@@ -225,7 +235,7 @@ class BackboneSpec(_SpecBase):
 
     width: float = 1.0
     depth: float = 1.0
-    resolution: int = 224
+    resolution: Resolution = 224  # [height, width] for a rectangle (see scaling_lab.resolution)
     stages: tuple[str, ...] = B0_STAGES
     stem_channels: int = 32
     head_channels: int = 1280
@@ -240,7 +250,7 @@ class BackboneSpec(_SpecBase):
     def __post_init__(self) -> None:
         _check(self.width > 0, f"width {self.width} must be positive")
         _check(self.depth > 0, f"depth {self.depth} must be positive")
-        _check(self.resolution >= 32, f"resolution {self.resolution} must be at least 32")
+        _settle_resolution(self, minimum=32)
         _check(len(self.stages) > 0, "stages must list at least one stage string")
         self.parsed_stages  # validates every stage string
         _check(self.stem_channels >= 1 and self.head_channels >= 1, "stem/head channels must be at least 1")
@@ -277,7 +287,7 @@ class DetectorSpec(_SpecBase):
     kind: typing.ClassVar[str] = "detector"
 
     backbone: BackboneSpec = field(default_factory=BackboneSpec)
-    resolution: int = 512
+    resolution: Resolution = 512  # [height, width] for a rectangle, each divisible by 2^max_level
     min_level: int = 3
     max_level: int = 7
     feature_network: str = "bifpn"
@@ -296,6 +306,7 @@ class DetectorSpec(_SpecBase):
     init: str | None = None
 
     def __post_init__(self) -> None:
+        _settle_resolution(self, minimum=1, max_level=self.max_level)
         if (self.backbone.resolution, self.backbone.padding) != (self.resolution, self.padding):
             object.__setattr__(self, "backbone", dataclasses.replace(self.backbone, resolution=self.resolution, padding=self.padding))
         backbone_levels = self.backbone.feature_levels
@@ -305,12 +316,6 @@ class DetectorSpec(_SpecBase):
             f"min_level {self.min_level} must come from the backbone: levels {lowest}..{highest} are available",
         )
         _check(self.max_level > self.min_level, f"max_level {self.max_level} must be above min_level {self.min_level}")
-        stride = 2**self.max_level
-        _check(
-            self.resolution % stride == 0,
-            f"resolution {self.resolution} must be divisible by 2^max_level = {stride} "
-            f"(e.g. {max(stride, nearest_multiple(self.resolution, stride))})",
-        )
         _check_choice("fusion", self.fusion, FUSIONS)
         _check_choice("fusion_weights", self.fusion_weights, FUSION_WEIGHTS)
         _check_choice("activation", self.activation, ACTIVATIONS)

@@ -33,11 +33,18 @@ def test_measure_prints_the_breakdown(capsys):
     assert "5,288,548" in out and "backbone" in out and "classifier" in out
 
 
+def test_measure_takes_a_rectangular_resolution(capsys):
+    assert main(["measure", "efficientnet-b0", "--set", "resolution=[160, 288]", "--no-cache"]) == 0
+    out = capsys.readouterr().out
+    assert "resolution 160x288" in out and "5,288,548" in out  # the same weights on a wider input
+
+
 def test_bad_input_exits_2_with_one_message_and_no_traceback():
     for args, message in [
         (["measure", "efficientdet-d9"], "neither a preset nor a spec file"),
         (["measure", "efficientdet-d0", "--set", "fusion=max"], "fusion 'max' is not valid; valid values are sum, weighted, softmax, fast"),
         (["measure", "efficientdet-d0", "--set", "resolution=500"], "divisible by 2^max_level = 128"),
+        (["measure", "efficientdet-d0", "--set", "resolution=[384, 650]"], "resolution [384, 650] must be divisible by 2^max_level = 128 on each side"),
     ]:
         result = run_cli(*args)
         assert result.returncode == 2, result.stderr

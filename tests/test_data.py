@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -197,6 +198,18 @@ def test_eval_batch_contract_and_round_trip_to_original_coordinates(tmp_path):
         assert torch.allclose(back, torch.from_numpy(original), atol=1)
 
 
+def test_a_wide_image_is_letterboxed_into_a_wide_input_and_its_boxes_come_back(tmp_path):
+    # 320x180 (16:9) into 96x160 (height x width): scale min(96/180, 160/320) = 0.5, the image
+    # fills 90 of the 96 rows (a 160x160 square would spend 70 rows on padding)
+    dataset = CocoDetection(*write_coco(tmp_path, [image(1, 320, 180)], [box(1, 1, [32, 18, 64, 54])]))
+    batch = next(iter(DetectionLoader(dataset, (96, 160), 1, train=False)))
+    assert batch.images.shape == (1, 3, 96, 160) and batch.sizes.tolist() == [[90.0, 160.0]]
+    assert batch.scales.tolist() == [0.5] and batch.boxes[0, 0].tolist() == [16, 9, 48, 36]
+    assert batch.images[0, :, 90:].eq(0).all() and not batch.images[0, :, 89].eq(0).all()
+    [record] = dataset.coco_results(1, batch.boxes[0], torch.ones(1), batch.labels[0], batch.scales[0])
+    assert record["bbox"] == pytest.approx([32, 18, 64, 54])  # xywh of the original image
+
+
 def test_eval_images_are_normalized_with_zero_padding(tmp_path):
     color = np.array([200, 100, 50], np.uint8)
     pixels = {"1.png": np.broadcast_to(color, (100, 200, 3)).copy()}
@@ -209,20 +222,22 @@ def test_eval_images_are_normalized_with_zero_padding(tmp_path):
 
 
 def test_batch_moves_to_a_device():
-    batch = DetectionBatch(torch.zeros(1, 3, 8, 8), torch.zeros(1, 1, 4), torch.full((1, 1), -1), [7], torch.ones(1))
+    batch = DetectionBatch(torch.zeros(1, 3, 8, 8), torch.zeros(1, 1, 4), torch.full((1, 1), -1), [7], torch.ones(1), torch.full((1, 2), 8.0))
     moved = batch.to("cpu", non_blocking=True)
     assert isinstance(moved, DetectionBatch) and moved.image_ids == [7] and moved.images.device.type == "cpu"
 
 
-@pytest.mark.parametrize("train", [False, True])
-def test_flip_and_jitter_keep_boxes_on_the_painted_pixels(tmp_path, train):
+@pytest.mark.parametrize("train, resolution", [(False, 96), (True, 96), (True, (64, 128))])
+def test_flip_and_jitter_keep_boxes_on_the_painted_pixels(tmp_path, train, resolution):
     dataset = painted_dataset(tmp_path)
     white = ((1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)).min()
     for epoch in range(3):
-        loader = DetectionLoader(dataset, 96, 4, train=train, seed=epoch)
+        loader = DetectionLoader(dataset, resolution, 4, train=train, seed=epoch)
         for batch in loader:
-            for picture, boxes, labels in zip(batch.images, batch.boxes, batch.labels):
+            for picture, boxes, labels, (height, width) in zip(batch.images, batch.boxes, batch.labels, batch.sizes.tolist()):
                 painted = picture.min(0).values > white / 2
+                content = picture.abs().sum(0) > 0  # black image pixels are not 0 after normalization
+                assert not content[math.ceil(height) :].any() and not content[:, math.ceil(width) :].any()  # sizes: the image's area
                 if (labels < 0).all():  # cropped away by the jitter: nothing painted may be left
                     assert painted.sum() <= 4
                     continue
@@ -306,6 +321,7 @@ def test_decoding_on_the_fly_gives_the_same_batches_as_in_memory(tmp_path):
     "arguments, message",
     [
         ({"resolution": 0}, "resolution 0 must be a positive integer"),
+        ({"resolution": (64, 0)}, r"resolution \(64, 0\) must be a positive integer \(e.g. 256\) or \(height, width\)"),
         ({"batch_size": 0}, "batch_size 0 must be a positive integer"),
         ({"scale_range": (1.2, 0.8)}, r"scale_range \(1.2, 0.8\)"),
         ({"device": "toaster"}, "device 'toaster' is not a torch device"),

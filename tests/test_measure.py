@@ -10,7 +10,7 @@ from scaling_lab.measure import measure, significant_uncounted
 from scaling_lab.paper import OFFICIAL_FLOPS
 from scaling_lab.presets import PRESETS, preset
 from scaling_lab.study import load_study, run_study
-from tests.helpers import TINY
+from tests.helpers import TINY, TINY_DETECTOR
 from tests.helpers import fake_trial, write_study
 
 
@@ -37,6 +37,18 @@ def test_breakdown_adds_up_by_part():
     for key in ("params", "flops", "flops_elementwise", "activations"):
         assert sum(part[key] for part in result.breakdown.values()) == getattr(result, key)
     assert set(measure(preset("efficientnet-b0")).breakdown) == {"backbone", "classifier"}
+
+
+def test_a_wide_input_costs_its_pixels_not_the_square_it_would_be_letterboxed_into():
+    # 64x128 is half the pixels of the 128x128 square a 2:1 image is letterboxed into today;
+    # FLOPs and activations follow (D0 at 384x640 vs 640x640: 0.6001 of the FLOPs, README)
+    square, wide = measure(TINY_DETECTOR.replace(resolution=128)), measure(TINY_DETECTOR.replace(resolution=[64, 128]))
+    assert wide.resolution == [64, 128] and wide.params == square.params
+    ratio = wide.flops / square.flops
+    print(f"FLOPs 64x128 / 128x128: {ratio:.4f}")
+    assert ratio == pytest.approx(0.5, rel=0.01) and wide.activations / square.activations == pytest.approx(0.5, rel=0.01)
+    with_pixel_weights = TINY_DETECTOR.replace(resolution=[64, 128], fusion_weights="pixel")  # weight maps of each level's shape
+    assert measure(with_pixel_weights).params > wide.params
 
 
 def test_fusion_rules_differ_only_in_elementwise_flops():

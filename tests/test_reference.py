@@ -56,9 +56,9 @@ def redraw(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
-def effdet_model(effdet, name: str, seed: int = 1, size: int = 256):
-    """effdet's model for ``size``-pixel inputs (its feature sizes are fixed by its config)."""
-    return redraw(effdet.create_model(name, pretrained=False, pretrained_backbone=False, image_size=(size, size)), seed)
+def effdet_model(effdet, name: str, seed: int = 1, size: tuple[int, int] = (256, 256)):
+    """effdet's model for (height, width) inputs (its feature sizes are fixed by its config)."""
+    return redraw(effdet.create_model(name, pretrained=False, pretrained_backbone=False, image_size=size), seed)
 
 
 def max_differences(ours: list[torch.Tensor], theirs: list[torch.Tensor]) -> list[float]:
@@ -71,13 +71,13 @@ def max_differences(ours: list[torch.Tensor], theirs: list[torch.Tensor]) -> lis
 
 
 @pytest.mark.slow  # ~15 s per detector on 2 cores
-@pytest.mark.parametrize("name", ["d0", "d1"])
-def test_detector_matches_effdet_at_every_level(libraries, name):
+@pytest.mark.parametrize("name, size", [("d0", (256, 256)), ("d1", (256, 256)), ("d0", (128, 384))])  # and a 3:1 rectangle
+def test_detector_matches_effdet_at_every_level(libraries, name, size):
     _, effdet = libraries
-    theirs = effdet_model(effdet, f"tf_efficientdet_{name}")
-    ours = build_model(preset(f"efficientdet-{name}")).eval()
+    theirs = effdet_model(effdet, f"tf_efficientdet_{name}", size=size)
+    ours = build_model(preset(f"efficientdet-{name}").replace(resolution=list(size))).eval()
     load_state(ours, theirs.state_dict())
-    images = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    images = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         our_classes, our_boxes = ours(images)
         their_classes, their_boxes = theirs(images)
@@ -156,27 +156,35 @@ def test_a_deeper_checkpoint_is_not_loaded_in_part(libraries):
 
 
 def scene(anchors: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ground truth [2, 6, 4] xyxy and labels [2, 6] (-1 padding): random boxes, and some exactly
-    on anchors (all-zero box targets: the reference's mask)."""
+    """Ground truth [2, 6, 4] xyxy and labels [2, 6] (-1 padding): random boxes, some exactly on
+    anchors (all-zero box targets: the reference's mask), two that claim the same anchor (the
+    first listed, at the lower IoU, wins it), and one whose centre is an anchor's row by
+    (y1 + y2) / 2 but not by y1 + height / 2 (a tiny non-zero target in the reference)."""
     corner = torch.rand(2, 6, 2, generator=generator) * 400
     size = 16 + torch.rand(2, 6, 2, generator=generator) * 200
     boxes = torch.cat((corner, corner + size), -1)
     boxes[0, :2] = anchors[[20000, 40000]]
-    boxes[1, 0] = anchors[45000]
+    boxes[0, 2] = torch.tensor([68.0, 1.5514, 100.0, 6.4486])  # the anchors of row 0 are centred on y = 4
+    crowded = anchors[45000]
+    boxes[1, 0] = crowded + torch.tensor([1.0, 1.0, -1.0, -1.0]) * 0.03 * (crowded[2:] - crowded[:2]).repeat(2)
+    boxes[1, 1] = crowded
     labels = torch.randint(0, 90, (2, 6), generator=generator)
+    labels[1, :2] = torch.tensor([5, 6])
     labels[1, 4:] = -1
     return boxes, labels
 
 
-@pytest.mark.slow  # ~15 s: effdet's per-image labeler and NMS over 5,000 candidates
-def test_recipe_defaults_match_effdet(libraries):
+@pytest.mark.slow  # ~15 s per size: effdet's per-image labeler and NMS over 5,000 candidates
+@pytest.mark.parametrize("size", [(512, 512), (384, 640)])
+def test_recipe_defaults_match_effdet(libraries, size):
     _, effdet = libraries
     from effdet.anchors import AnchorLabeler, Anchors
     from effdet.bench import _batch_detection, _post_process
     from effdet.loss import DetectionLoss
 
     config = effdet.get_efficientdet_config("tf_efficientdet_d0")
-    spec = preset("efficientdet-d0")
+    config.image_size = size
+    spec = preset("efficientdet-d0").replace(resolution=list(size))
     generator = torch.Generator().manual_seed(4)
 
     their_anchors = Anchors.from_config(config)
@@ -184,8 +192,9 @@ def test_recipe_defaults_match_effdet(libraries):
     assert torch.equal(anchors, their_anchors.boxes[:, [1, 0, 3, 2]])  # yxyx there, xyxy here: 0 px apart
 
     boxes, labels = scene(anchors, generator)
-    class_logits = [torch.randn(2, 9 * 90, 512 // 2**level, 512 // 2**level, generator=generator) - 3 for level in range(3, 8)]
-    box_deltas = [0.3 * torch.randn(2, 9 * 4, 512 // 2**level, 512 // 2**level, generator=generator) for level in range(3, 8)]
+    maps = [(size[0] // 2**level, size[1] // 2**level) for level in range(3, 8)]
+    class_logits = [torch.randn(2, 9 * 90, *shape, generator=generator) - 3 for shape in maps]
+    box_deltas = [0.3 * torch.randn(2, 9 * 4, *shape, generator=generator) for shape in maps]
 
     labeler = AnchorLabeler(their_anchors, 90, match_threshold=0.5)
     valid = [labels[i] >= 0 for i in range(2)]
@@ -199,15 +208,21 @@ def test_recipe_defaults_match_effdet(libraries):
     our_loss = detection_loss(flat_classes, flat_boxes, targets)
     their_classes = torch.cat([t.reshape(2, -1) for t in class_targets], 1)
     assert torch.equal(targets.classes, their_classes)
+    assert targets.classes[1, 45000] == 5  # the crowded anchor: the first-listed box's, at the lower IoU
+    their_boxes = torch.cat([t.reshape(2, -1, 4) for t in box_targets], 1)
+    assert torch.equal(targets.boxes != 0, their_boxes != 0)  # the same coordinates reach the box loss
+    assert torch.allclose(targets.boxes, their_boxes, atol=1e-6)
     assert not torch.equal(match_anchors(anchors, boxes, labels, negative_iou=0.4).classes, their_classes)  # it can fail
     assert (targets.boxes == 0).all(-1).logical_not().sum() < targets.positive.sum()  # some positives with a 0 target
     for ours, theirs in zip((our_loss.total, our_loss.classes, our_loss.boxes), their_loss):
         assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
 
-    detections = postprocess(flat_classes, flat_boxes, anchors, image_size=512)
+    # each image letterboxed into part of the input: detections are clipped to its own area
+    areas = torch.tensor([[size[0], size[1] - 40.0], [size[0] - 100.0, size[1]]])  # (height, width)
+    detections = postprocess(flat_classes, flat_boxes, anchors, image_sizes=areas)
     top_classes, top_boxes, indices, classes = _post_process(class_logits, box_deltas, 5, 90, config.max_detection_points)
-    size = torch.tensor([[512.0, 512.0]] * 2)
-    expected = _batch_detection(2, top_classes, top_boxes, their_anchors.boxes, indices, classes, torch.ones(2), size)
+    expected = _batch_detection(2, top_classes, top_boxes, their_anchors.boxes, indices, classes, torch.ones(2), areas.flip(-1))
+    assert (expected[1][:, 3] > 0).any() and (expected[1][:, 3] == areas[1, 0]).any()  # some boxes reach the area's edge
     for image in range(2):
         ours = torch.cat((detections.boxes[image], detections.scores[image, :, None], detections.labels[image, :, None] + 1.0), 1)
         assert ours.shape == expected[image].shape == (100, 6)

@@ -426,3 +426,15 @@ def test_points_are_coloured_by_what_differs_within_a_group():
         "group compound · bifpn · fast",
     ]
     assert colour_labels(configs[configs["group"] == "compound"]).tolist() == ["group compound"] * 2
+
+
+def test_a_rectangular_resolution_is_one_text_column_beside_square_ones(tmp_path: Path):
+    specs = [DetectorSpec(resolution=512), DetectorSpec(resolution=(384, 640))]
+    rows = [
+        table_row({"spec": spec.to_dict(), "spec_hash": spec.spec_hash}, trial_id=i, state="complete", seed=0, config_id=str(i), group="g", task_kind="detection")
+        for i, spec in enumerate(specs)
+    ]
+    assert rows[1]["resolution"] == rows[1]["backbone.resolution"] == "[384, 640]"  # both sides, as the spec writes them
+    table = results_table(rows)
+    assert table["resolution"].tolist() == ["512", "[384, 640]"]
+    write_table(tmp_path, table)  # a column of text, storable beside the numbers

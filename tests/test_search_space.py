@@ -49,6 +49,12 @@ def test_compound_scaling_and_infeasible_gamma():
         s.build_spec(BASE, infeasible)
 
 
+def test_compound_scaling_of_a_rectangular_base_scales_both_sides():
+    s = space({"phi": 1, "alpha": 1.2, "beta": 1.1, "gamma": 1.5})
+    wide = s.build_spec(BASE.replace(resolution=[128, 256]), s.grid()[0])
+    assert wide.resolution == (256, 384)  # 192 (1.5 x 128, half-way: up) and 384, multiples of 2^7
+
+
 def test_constraints_relative_and_absolute():
     s = space({"phi": 1}, {"flops": {"min": 1.5, "max": 2.5, "relative": True}, "params": {"max": 10}})
     assert s.violation({"flops": 2.0, "params": 5}, {"flops": 1.0, "params": 1}) is None

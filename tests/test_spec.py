@@ -41,6 +41,19 @@ def test_specs_are_hashable_and_equal_specs_hash_equal():
 def test_spec_hash_is_stable_across_versions():
     # A content hash must not change between processes or releases: studies key results by it.
     assert DetectorSpec().spec_hash == "950377a68ce12bcd"
+    # a square written as [height, width] is the same spec: an int, as before rectangles existed
+    assert DetectorSpec(resolution=(512, 512)).spec_hash == "950377a68ce12bcd"
+    assert D0.replace(resolution=[512, 512]).to_dict()["resolution"] == 512
+
+
+def test_a_rectangular_resolution_round_trips_and_reaches_the_backbone():
+    spec = apply_overrides(D0, ["resolution=[384, 640]"])
+    assert spec.resolution == spec.backbone.resolution == (384, 640) and spec.input_size == (384, 640)
+    assert spec.to_dict()["resolution"] == [384, 640] and json.loads(spec.to_json())["resolution"] == [384, 640]
+    for text in (spec.to_json(), spec.to_yaml()):
+        again = spec_from_dict(yaml.safe_load(text))
+        assert again == spec and again.spec_hash == spec.spec_hash != D0.spec_hash
+    assert BackboneSpec(resolution=(224, 320)).input_size == (224, 320)
 
 
 @pytest.mark.parametrize(
@@ -105,6 +118,10 @@ def test_spec_file_with_a_base_preset(tmp_path):
     "changes, message",
     [
         ({"resolution": 500}, r"resolution 500 must be divisible by 2\^max_level = 128"),
+        ({"resolution": [384, 650]}, r"resolution \[384, 650\] must be divisible by 2\^max_level = 128 on each side \(height, width\) \(e.g. \[384, 640\]\)"),
+        ({"resolution": [0, 640]}, r"resolution \[0, 640\] must be at least 1 on each side"),
+        ({"resolution": [384, 640, 3]}, r"spec.resolution: expected an integer or a list of 2, got \[384, 640, 3\]"),
+        ({"backbone": {"resolution": [16, 224]}}, r"resolution \[16, 224\] must be at least 32 on each side"),
         ({"fusion": "max"}, "fusion 'max' is not valid; valid values are sum, weighted, softmax, fast"),
         ({"feature_network": "hourglass"}, "feature_network 'hourglass' is not valid; valid values are fpn, panet, nasfpn, fcfpn, bifpn"),
         ({"feature_network": "nasfpn", "max_level": 6, "resolution": 512}, "NAS-FPN cell found for five levels"),
@@ -201,6 +218,10 @@ def test_scale_detector_multiplies_and_snaps():
     assert scaled.resolution == 640 and scaled.resolution % 128 == 0  # 588.8 snapped
     assert snap_resolution(10, 7) == 128
     assert scale_detector(D0) == D0
+    # a rectangle scales on both sides, each snapped: 384·1.15 = 441.6 -> 384, 640·1.15 = 736 -> 768
+    wide = scale_detector(D0.replace(resolution=[384, 640]), resolution=1.15)
+    assert wide.resolution == wide.backbone.resolution == (384, 768)
+    assert scale_detector(D0.replace(resolution=[384, 640]), resolution=1.34).resolution == (512, 896)  # 514.6, 857.6
     with pytest.raises(SpecError, match="width multiplier 0 must be positive"):
         scale_detector(D0, width=0)
 

@@ -44,7 +44,8 @@ pytestmark = pytest.mark.usefixtures("cache_in_tmp")
 # Anchors and matching
 
 
-@pytest.mark.parametrize("resolution, count", [(512, 49104), (640, 76725), (256, 12276)])
+# (384, 640): (48·80 + 24·40 + 12·20 + 6·10 + 3·5)·9 anchors, the feature maps follow both sides
+@pytest.mark.parametrize("resolution, count", [(512, 49104), (640, 76725), (256, 12276), ((384, 640), 46035)])
 def test_anchor_count_per_resolution(resolution, count):
     assert generate_anchors(resolution, 3, 7).shape == (count, 4)
 
@@ -93,6 +94,18 @@ def test_matching_thresholds_and_force_match():
     assert plain.boxes[0, 1:].abs().sum() == 0 and plain.boxes[0, 0].abs().sum() > 0
 
 
+def test_the_first_listed_box_wins_an_anchor_that_several_boxes_claim():
+    # effdet's ArgMaxMatcher: boxes 0 and 1 both have anchor 0 as their best (IoU 0.3 and 0.4,
+    # neither reaching 0.5); the first listed takes it whatever the IoUs, and box 1 gets nothing.
+    anchors = torch.tensor([[0.0, 0, 100, 100], [300, 300, 400, 400]])
+    gt_boxes = torch.tensor([[[0.0, 0, 100, 30], [0, 0, 100, 40]]])
+    targets = match_anchors(anchors, gt_boxes, torch.tensor([[1, 2]]))
+    assert targets.classes.tolist() == [[1, NEGATIVE]]
+    assert match_anchors(anchors, gt_boxes.flip(1), torch.tensor([[2, 1]])).classes.tolist() == [[2, NEGATIVE]]
+    # the box target is the first box's: centre y 15 vs 50 over height 100
+    assert targets.boxes[0, 0, 0].item() == pytest.approx(-0.35)
+
+
 def reference_match(anchors, gt_boxes, gt_labels, positive_iou=0.5, negative_iou=0.5):
     """Loop version: per image, per anchor, then per ground truth for the forced matches."""
     result = []
@@ -107,10 +120,10 @@ def reference_match(anchors, gt_boxes, gt_labels, positive_iou=0.5, negative_iou
                 classes.append(int(labels[valid[ious.index(best)]]))
             else:
                 classes.append(NEGATIVE if best < negative_iou else IGNORED)
-        claims = {}  # anchor -> the ground truth with the highest IoU among those whose best anchor it is
+        claims = {}  # anchor -> the first-listed ground truth whose best anchor it is
         for m in valid:
             n = int(iou[:, m].argmax())
-            if iou[n, m] > 0 and (n not in claims or iou[n, m] >= iou[n, claims[n]]):
+            if iou[n, m] > 0 and n not in claims:
                 claims[n] = m
         for n, m in claims.items():
             classes[n] = int(labels[m])
@@ -216,6 +229,16 @@ def test_postprocess_caps_detections_and_maps_classes():
     assert reference.valid.sum(1).tolist() == [10, 10] and reference.labels[0, 0].item() == 2
 
 
+def test_postprocess_clips_boxes_to_each_images_area_not_the_padded_input():
+    # One 40x40 anchor; its box decoded twice as wide: [-20, 0, 60, 40]. Image 0 fills only
+    # 30 rows x 50 columns of the input (letterboxed), image 1 all of a 64x64 one.
+    anchors = torch.tensor([[0.0, 0, 40, 40]])
+    deltas = torch.tensor([0.0, 0, 0, math.log(2)]).expand(2, 1, 4)
+    detections = postprocess(torch.full((2, 1, 1), 5.0), deltas, anchors, image_sizes=torch.tensor([[30.0, 50.0], [64.0, 64.0]]))
+    assert detections.boxes[0, 0].tolist() == pytest.approx([0, 0, 50, 30])
+    assert detections.boxes[1, 0].tolist() == pytest.approx([0, 0, 60, 40])
+
+
 def test_postprocess_suppresses_above_iou_0_5_by_default_as_the_reference_does():
     # one class; B overlaps A by IoU 0.55 (suppressed at the reference's 0.5, kept at 0.6, where
     # it would suppress C); C overlaps A by 0.45 and B by 0.82
@@ -260,15 +283,16 @@ def ground_truth_detections(dataset, resolution):
         targets = match_anchors(anchors, batch.boxes, batch.labels)
         logits = torch.full((*targets.classes.shape, dataset.num_classes), -20.0)
         logits[targets.positive] = logits[targets.positive].scatter(1, targets.classes[targets.positive].unsqueeze(1), 20.0)
-        detections = postprocess(logits, targets.boxes, anchors, image_size=resolution)
+        detections = postprocess(logits, targets.boxes, anchors, image_sizes=batch.sizes)
         records += detection_results(dataset, detections, batch.image_ids, batch.scales)
         image_ids += batch.image_ids
     return records, image_ids
 
 
-def test_ground_truth_through_encode_decode_nms_scores_ap_1():
+@pytest.mark.parametrize("resolution", [128, (128, 256)])  # square, and letterboxed into a wide rectangle
+def test_ground_truth_through_encode_decode_nms_scores_ap_1(resolution):
     dataset = synthetic_dataset("val", val_images=12, image_size=160, min_object_size=10.0, max_object_size=120.0, max_occlusion=0.2)
-    records, image_ids = ground_truth_detections(dataset, 128)
+    records, image_ids = ground_truth_detections(dataset, resolution)
     metrics = coco_metrics(dataset.coco, records, image_ids)
     assert metrics["AP"] == pytest.approx(1.0) and metrics["AP50"] == pytest.approx(1.0)
 
@@ -468,6 +492,21 @@ def test_box_loss_is_huber_with_delta_0_1_weighted_50():
     class_loss = 0.25 * 0.5**1.5 * math.log(2) / 2
     assert loss.classes.item() == pytest.approx(class_loss, rel=1e-5)
     assert loss.total.item() == pytest.approx(class_loss + 50 * 0.00953125, rel=1e-5)  # 0.5071956
+
+
+def test_a_box_centred_on_its_anchor_by_min_plus_half_size_keeps_its_centre_term():
+    # The anchor [-12, -12, 20, 20] is centred on y = 4. The box's y1, y2 (1.5514, 6.4486 in
+    # float32) average to exactly 4, but y1 + (y2 - y1) / 2, effdet's box coder's centre, is
+    # 4 - 2.4e-7: its ty target is not 0, so the box loss keeps that coordinate, as effdet's does.
+    anchor = torch.tensor([[-12.0, -12, 20, 20]])
+    box = torch.tensor([[[-2.0, 1.5514, 10.0, 6.4486]]])  # x centred exactly either way
+    assert ((box[..., 1] + box[..., 3]) / 2).item() == 4.0
+    ty, tx, _, _ = encode_boxes(box, anchor)[0, 0].tolist()
+    assert ty == pytest.approx(-2.384185791015625e-07 / 32, rel=1e-3) and tx == 0.0
+    targets = AnchorTargets(classes=torch.tensor([[0]]), boxes=encode_boxes(box, anchor))
+    loss = detection_loss(torch.zeros(1, 1, 1), torch.full((1, 1, 4), 0.2) + targets.boxes, targets)
+    # three coordinates off by 0.2 (Huber 0.1·(0.2 - 0.05) = 0.015 each), tx's 0 target skipped
+    assert loss.boxes.item() == pytest.approx(3 * 0.015 / (4 * 2), rel=1e-4)
 
 
 # --------------------------------------------------------------------------------------------

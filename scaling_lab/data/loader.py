@@ -27,10 +27,12 @@ from scaling_lab.data.transforms import (
     Augmentation,
     normalize_padded,
     sample_augmentation,
+    visible_sizes,
     warp_boxes,
     warp_images,
 )
 from scaling_lab.errors import ScalingLabError
+from scaling_lab.resolution import Resolution
 from scaling_lab.trial import batch_split_problem
 
 if TYPE_CHECKING:
@@ -54,7 +56,7 @@ class BatchLoader(ABC):
     def __init__(
         self,
         dataset,
-        resolution: int,
+        resolution: Resolution,
         batch_size: int,
         train: bool,
         seed: int = 0,
@@ -63,8 +65,8 @@ class BatchLoader(ABC):
         flip_probability: float = 0.5,
         shard: tuple[int, int] = (0, 1),
     ) -> None:
-        if not isinstance(resolution, int) or resolution < 1:
-            raise ScalingLabError(f"loader resolution {resolution!r} must be a positive integer (e.g. 256)")
+        if not _is_resolution(resolution):
+            raise ScalingLabError(f"loader resolution {resolution!r} must be a positive integer (e.g. 256) or (height, width) of them (e.g. (256, 448))")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ScalingLabError(f"loader batch_size {batch_size!r} must be a positive integer (e.g. 16)")
         low, high = scale_range
@@ -140,6 +142,12 @@ class BatchLoader(ABC):
         """The subclass's batch type for these dataset indices and decoded images."""
 
 
+def _is_resolution(value: object) -> bool:
+    """A positive int, or a (height, width) pair of them."""
+    sides = value if isinstance(value, tuple) and len(value) == 2 else (value,)
+    return all(isinstance(side, int) and not isinstance(side, bool) and side >= 1 for side in sides)
+
+
 @dataclass
 class _Draws:
     """Where a batch's augmentation comes from: the epoch's generator, drawn for a global batch of
@@ -154,16 +162,18 @@ class _Draws:
 class DetectionBatch:
     """One detection batch; B images, at most M boxes per image (M >= 1).
 
-    ``boxes`` are xyxy in pixels of the R x R input (padding rows are zeros, label -1). Map
-    predictions back to the original image with ``original = input / scales[i]``. In train mode
-    the scale includes the jitter but the flip and crop offset are not undone.
+    ``boxes`` are xyxy in pixels of the H x W input (padding rows are zeros, label -1). Map
+    predictions back to the original image with ``original = input / scales[i]``; ``sizes`` is
+    the image area of the input (the rest is padding), where predictions are clipped. In train
+    mode the scale includes the jitter but the flip and crop offset are not undone.
     """
 
-    images: torch.Tensor  # float32 [B, 3, R, R], ImageNet-normalized, padding 0
+    images: torch.Tensor  # float32 [B, 3, H, W], ImageNet-normalized, padding 0
     boxes: torch.Tensor  # float32 [B, M, 4]
     labels: torch.Tensor  # int64 [B, M], contiguous labels 0..K-1, -1 = padding
     image_ids: list[int]  # COCO image ids
     scales: torch.Tensor  # float32 [B]: input pixels per original pixel
+    sizes: torch.Tensor  # float32 [B, 2]: (height, width) of the image area of the input
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> "DetectionBatch":
         return replace(
@@ -172,6 +182,7 @@ class DetectionBatch:
             boxes=self.boxes.to(device, non_blocking=non_blocking),
             labels=self.labels.to(device, non_blocking=non_blocking),
             scales=self.scales.to(device, non_blocking=non_blocking),
+            sizes=self.sizes.to(device, non_blocking=non_blocking),
         )
 
 
@@ -190,13 +201,16 @@ class DetectionLoader(BatchLoader):
             labels[row, : len(image_labels)] = torch.from_numpy(image_labels)
         images, sizes, augmentation = self._images(pixel_batch, draws)
         boxes, labels, scales = self._to_device(boxes), self._to_device(labels), pixel_batch.scales.to(self.device)
+        visible = sizes.float()
         if augmentation is not None:
             boxes, labels = warp_boxes(boxes, labels, sizes, self.resolution, augmentation)
             scales = scales * augmentation.scale
+            visible = visible_sizes(sizes, self.resolution, augmentation)
         return DetectionBatch(
             images=images,
             boxes=boxes,
             labels=labels,
             image_ids=[self.dataset.image_ids[int(index)] for index in indices],
             scales=scales,
+            sizes=visible,
         )

@@ -8,6 +8,7 @@ of the one being used.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,6 +19,7 @@ from typing import Iterator, Sequence
 import torch
 
 from scaling_lab.data.transforms import load_image_resized
+from scaling_lab.resolution import Resolution, image_size
 
 DEFAULT_MEMORY_BUDGET_BYTES = 2 * 1024**3
 PREFETCH_BATCHES = 4
@@ -25,9 +27,9 @@ PREFETCH_BATCHES = 4
 
 @dataclass
 class PixelBatch:
-    """Images placed top-left on R x R canvases, before normalization."""
+    """Images placed top-left on H x W canvases, before normalization."""
 
-    pixels: torch.Tensor  # uint8 [B, 3, R, R]
+    pixels: torch.Tensor  # uint8 [B, 3, H, W]
     sizes: torch.Tensor  # int64 [B, 2]: (height, width) of the image on the canvas
     scales: torch.Tensor  # float32 [B]: canvas pixels per original pixel
 
@@ -52,15 +54,15 @@ class ImageStore:
         self.paths = list(paths)
         self.expected_sizes = list(expected_sizes) if expected_sizes is not None else None
         self.memory_budget_bytes = memory_budget_bytes
-        self._in_memory: OrderedDict[int, PixelBatch] = OrderedDict()  # resolution -> all images
+        self._in_memory: OrderedDict[Resolution, PixelBatch] = OrderedDict()  # resolution -> all images
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def fits_in_memory(self, resolution: int) -> bool:
-        return len(self.paths) * 3 * resolution * resolution <= self.memory_budget_bytes
+    def fits_in_memory(self, resolution: Resolution) -> bool:
+        return len(self.paths) * 3 * math.prod(image_size(resolution)) <= self.memory_budget_bytes
 
-    def batches(self, index_batches: Sequence[torch.Tensor], resolution: int) -> Iterator[PixelBatch]:
+    def batches(self, index_batches: Sequence[torch.Tensor], resolution: Resolution) -> Iterator[PixelBatch]:
         """The pixel batches for each tensor of dataset indices, in order."""
         if self.fits_in_memory(resolution):
             everything = self._all_in_memory(resolution)
@@ -77,11 +79,11 @@ class ImageStore:
                     return
                 yield self._assemble([future.result() for future in pending.popleft()], resolution)
 
-    def _all_in_memory(self, resolution: int) -> PixelBatch:
+    def _all_in_memory(self, resolution: Resolution) -> PixelBatch:
         if resolution in self._in_memory:
             self._in_memory.move_to_end(resolution)
             return self._in_memory[resolution]
-        needed = len(self.paths) * 3 * resolution * resolution
+        needed = len(self.paths) * 3 * math.prod(image_size(resolution))
         while self._in_memory and sum(b.pixels.numel() for b in self._in_memory.values()) + needed > self.memory_budget_bytes:
             self._in_memory.popitem(last=False)
         with ThreadPoolExecutor(available_cores()) as pool:
@@ -89,14 +91,14 @@ class ImageStore:
         self._in_memory[resolution] = self._assemble(decoded, resolution)
         return self._in_memory[resolution]
 
-    def _decode(self, index: int, resolution: int) -> tuple[torch.Tensor, float]:
+    def _decode(self, index: int, resolution: Resolution) -> tuple[torch.Tensor, float]:
         expected = self.expected_sizes[index] if self.expected_sizes is not None else None
         array, scale = load_image_resized(self.paths[index], resolution, expected)
         return torch.from_numpy(array).permute(2, 0, 1), scale
 
     @staticmethod
-    def _assemble(decoded: list[tuple[torch.Tensor, float]], resolution: int) -> PixelBatch:
-        pixels = torch.zeros(len(decoded), 3, resolution, resolution, dtype=torch.uint8)
+    def _assemble(decoded: list[tuple[torch.Tensor, float]], resolution: Resolution) -> PixelBatch:
+        pixels = torch.zeros(len(decoded), 3, *image_size(resolution), dtype=torch.uint8)
         for canvas, (image, _) in zip(pixels, decoded):
             canvas[:, : image.shape[1], : image.shape[2]] = image
         sizes = torch.tensor([image.shape[1:] for image, _ in decoded], dtype=torch.int64).view(-1, 2)

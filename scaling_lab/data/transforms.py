@@ -2,15 +2,15 @@
 
 Geometry conventions (the training and evaluation code rely on them):
 
-* An image is resized once, at decode time, so that its longest side equals the resolution R
-  (``scale = R / max(height, width)``), then placed at the top-left of an R x R canvas; the
-  rest of the canvas is padding (bottom/right).
+* An image is resized once, at decode time, to the largest size that fits the H x W canvas of
+  the resolution (``scale = min(H / height, W / width)``; R / longest side for a square R x R),
+  then placed at its top-left (letterboxed); the rest of the canvas is padding (bottom/right).
 * Images are normalized with the ImageNet mean/std; padding is 0 after normalization (the mean
   colour), as in the official EfficientDet input pipeline.
 * Boxes are float xyxy in pixels of that canvas. Eval mode maps back to the original image by
   ``original = input / scale``.
 * Training augmentation is one affine warp per image (horizontal flip, scale jitter, random crop
-  or pad back to R x R), done for the whole batch with ``grid_sample`` on whatever device the
+  or pad back to H x W), done for the whole batch with ``grid_sample`` on whatever device the
   batch lives on; boxes go through the same map.
 """
 
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from scaling_lab.errors import ScalingLabError
+from scaling_lab.resolution import Resolution, image_size
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,16 +37,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_VISIBLE_FRACTION = 0.1
 
 
-def resized_size(height: int, width: int, resolution: int) -> tuple[int, int, float]:
-    """(height, width, scale) after resizing so that the longest side equals ``resolution``."""
-    scale = resolution / max(height, width)
+def resized_size(height: int, width: int, resolution: Resolution) -> tuple[int, int, float]:
+    """(height, width, scale) after resizing to the largest size that fits the ``resolution`` canvas."""
+    canvas_height, canvas_width = image_size(resolution)
+    scale = min(canvas_height / height, canvas_width / width)
     return max(1, round(height * scale)), max(1, round(width * scale)), scale
 
 
 def load_image_resized(
-    path: Path, resolution: int, expected_size: tuple[int, int] | None = None
+    path: Path, resolution: Resolution, expected_size: tuple[int, int] | None = None
 ) -> tuple[np.ndarray, float]:
-    """Decode an image as RGB uint8 [h, w, 3] with its longest side = ``resolution``, and its scale.
+    """Decode an image as RGB uint8 [h, w, 3] resized to fit the ``resolution`` canvas, and its scale.
 
     ``expected_size`` (height, width) is what the annotation file claims; boxes are in that frame,
     so a different size on disk is an error rather than silently misplaced boxes.
@@ -144,7 +146,7 @@ def _file_problem(path: str, size: int, modified_ns: int, expected_size: tuple[i
 
 
 def normalize_padded(pixels: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
-    """uint8 canvases [B, 3, R, R] with content sizes [B, 2] (h, w) -> normalized float32, padding 0."""
+    """uint8 canvases [B, 3, H, W] with content sizes [B, 2] (h, w) -> normalized float32, padding 0."""
     std = torch.tensor(IMAGENET_STD, device=pixels.device).view(1, 3, 1, 1)
     mean = torch.tensor(IMAGENET_MEAN, device=pixels.device).view(1, 3, 1, 1)
     images = torch.addcmul(-mean / std, pixels, 1 / (255 * std))  # one pass, uint8 in, float32 out
@@ -173,7 +175,7 @@ class Augmentation:
 
 def sample_augmentation(
     sizes: torch.Tensor,
-    resolution: int,
+    resolution: Resolution,
     generator: torch.Generator,
     scale_range: tuple[float, float] = (0.8, 1.2),
     flip_probability: float = 0.5,
@@ -194,14 +196,14 @@ def sample_augmentation(
     low, high = scale_range
     scale = (low + (high - low) * torch.rand(count, generator=generator))[mine]
     sizes = sizes.cpu().float()
-    spare_y, spare_x = ((sizes * scale.unsqueeze(1)) - resolution).clamp(min=0).unbind(1)
+    spare_y, spare_x = ((sizes * scale.unsqueeze(1)) - torch.tensor(image_size(resolution))).clamp(min=0).unbind(1)
     offset_y = spare_y * torch.rand(count, generator=generator)[mine]
     offset_x = spare_x * torch.rand(count, generator=generator)[mine]
     return Augmentation(flip, scale, offset_x, offset_y)
 
 
 def warp_images(images: torch.Tensor, sizes: torch.Tensor, augmentation: Augmentation) -> torch.Tensor:
-    """Apply the augmentation warp to normalized canvases [B, 3, R, R] (bilinear, padding 0)."""
+    """Apply the augmentation warp to normalized canvases [B, 3, H, W] (bilinear, padding 0)."""
     batch, _, height, width = images.shape
     centers_x = torch.arange(width, device=images.device, dtype=torch.float32) + 0.5
     centers_y = torch.arange(height, device=images.device, dtype=torch.float32) + 0.5
@@ -215,8 +217,16 @@ def warp_images(images: torch.Tensor, sizes: torch.Tensor, augmentation: Augment
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def visible_sizes(sizes: torch.Tensor, resolution: Resolution, augmentation: Augmentation) -> torch.Tensor:
+    """The (height, width) [B, 2] of the image area left on the canvas after the warp (content
+    sizes [B, 2] scaled, minus the crop offset, cut at the canvas); a flip keeps it."""
+    offsets = torch.stack((augmentation.offset_y, augmentation.offset_x), 1)
+    visible = sizes.float() * augmentation.scale.view(-1, 1) - offsets
+    return torch.minimum(visible, torch.tensor(image_size(resolution), dtype=visible.dtype, device=visible.device))
+
+
 def warp_boxes(
-    boxes: torch.Tensor, labels: torch.Tensor, sizes: torch.Tensor, resolution: int, augmentation: Augmentation
+    boxes: torch.Tensor, labels: torch.Tensor, sizes: torch.Tensor, resolution: Resolution, augmentation: Augmentation
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Move padded boxes [B, M, 4] through the warp, clip them to the visible image and mark the
     ones cropped to (almost) nothing as padding (label -1)."""
@@ -227,12 +237,12 @@ def warp_boxes(
     scale = augmentation.scale.view(-1, 1)
     offset_x, offset_y = augmentation.offset_x.view(-1, 1), augmentation.offset_y.view(-1, 1)
     warped = torch.stack((x1 * scale - offset_x, y1 * scale - offset_y, x2 * scale - offset_x, y2 * scale - offset_y), -1)
-    visible_width = (content_width * scale - offset_x).clamp(max=resolution)
-    visible_height = (sizes[:, 0:1].float() * scale - offset_y).clamp(max=resolution)
+    visible_height, visible_width = visible_sizes(sizes, resolution, augmentation).unsqueeze(-1).unbind(1)
+    canvas_height, canvas_width = image_size(resolution)
     clipped = torch.stack(
         (
-            warped[..., 0].clamp(0, resolution),
-            warped[..., 1].clamp(0, resolution),
+            warped[..., 0].clamp(0, canvas_width),
+            warped[..., 1].clamp(0, canvas_height),
             torch.minimum(warped[..., 2], visible_width).clamp(min=0),
             torch.minimum(warped[..., 3], visible_height).clamp(min=0),
         ),

@@ -12,6 +12,7 @@ from torch import nn
 from scaling_lab.errors import SpecError
 from scaling_lab.graphs import FeatureGraph, Node
 from scaling_lab.models.layers import activation, batch_norm, conv, head_conv, max_pool
+from scaling_lab.resolution import Resolution, image_size
 from scaling_lab.spec import FUSIONS, DetectorSpec
 
 FUSION_EPSILON = 1e-4
@@ -53,7 +54,7 @@ class FusionStyle:
     separable: bool
     act: str
     padding: str = "symmetric"
-    resolution: int | None = None
+    resolution: Resolution | None = None
 
     @classmethod
     def from_spec(cls, spec: DetectorSpec) -> "FusionStyle":
@@ -67,8 +68,8 @@ class FusionStyle:
         if self.fusion_weights == "pixel":
             if self.resolution is None or level is None:
                 raise SpecError("fusion_weights 'pixel' needs the resolution and the node's level to size its weight maps")
-            side = self.resolution // 2**level
-            return (inputs, side, side)
+            height, width = image_size(self.resolution)
+            return (inputs, height // 2**level, width // 2**level)
         return (inputs,)
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from scaling_lab.errors import ScalingLabError
+from scaling_lab.resolution import Resolution, image_size, resolution_problem
 from scaling_lab.spec import REFERENCE_ASPECT_RATIOS, AspectRatio, DetectorSpec, aspect_pair
 
 POSITIVE_IOU = NEGATIVE_IOU = 0.5  # the official matcher's thresholds
@@ -33,10 +34,11 @@ NEGATIVE = -1  # class target of a background anchor
 IGNORED = -2  # class target of an anchor left out of the class loss
 # exp() of a larger log-size delta overflows to a box bigger than any canvas; clamp before it.
 MAX_LOG_SIZE_DELTA = math.log(1000.0 / 16)
+BOX_CODER_EPS = 1e-7  # effdet's box coder adds it to every box and anchor size before encoding
 
 
 def generate_anchors(
-    resolution: int,
+    resolution: Resolution,
     min_level: int,
     max_level: int,
     num_scales: int = 3,
@@ -44,14 +46,17 @@ def generate_anchors(
     anchor_scale: float = 4.0,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """All anchors [N, 4] (xyxy) of a square ``resolution`` input, in the module's anchor order.
+    """All anchors [N, 4] (xyxy) of a ``resolution`` input (a side, or (height, width)), in the
+    module's anchor order.
 
     At level l (stride s = 2^l) the anchor of octave scale 2^(i/num_scales) and aspect (x, y)
     (see ``spec.aspect_pair``: a ratio r is (√r, 1/√r)) is centred on (x + 0.5)·s, (y + 0.5)·s
     with width anchor_scale·s·2^(i/n)·x and height anchor_scale·s·2^(i/n)·y.
     """
-    if resolution % 2**max_level:
-        raise ScalingLabError(f"resolution {resolution} must be divisible by 2^max_level = {2**max_level}")
+    problem = resolution_problem(resolution, max_level=max_level)
+    if problem:
+        raise ScalingLabError(problem)
+    height, width = image_size(resolution)
     scales = torch.tensor([2 ** (i / num_scales) for i in range(num_scales)], dtype=torch.float64)
     pairs = torch.tensor([aspect_pair(ratio) for ratio in aspect_ratios], dtype=torch.float64)  # [R, 2]
     half_widths = (scales.view(-1, 1) * pairs[:, 0].view(1, -1)).flatten() / 2  # [A], scale-major
@@ -59,9 +64,9 @@ def generate_anchors(
     levels = []
     for level in range(min_level, max_level + 1):
         stride = 2**level
-        size = resolution // stride
-        centers = (torch.arange(size, dtype=torch.float64) + 0.5) * stride
-        center_y, center_x = torch.meshgrid(centers, centers, indexing="ij")
+        centers_y = (torch.arange(height // stride, dtype=torch.float64) + 0.5) * stride
+        centers_x = (torch.arange(width // stride, dtype=torch.float64) + 0.5) * stride
+        center_y, center_x = torch.meshgrid(centers_y, centers_x, indexing="ij")
         center_x, center_y = center_x.reshape(-1, 1), center_y.reshape(-1, 1)  # [H*W, 1]
         base = anchor_scale * stride
         boxes = torch.stack(
@@ -115,16 +120,27 @@ def _centers_sizes(boxes: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return (y1 + y2) / 2, (x1 + x2) / 2, y2 - y1, x2 - x1
 
 
+def _coder_centers_sizes(boxes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Centres and sizes as effdet's box coder computes them: centre = min + size / 2 (not
+    (min + max) / 2: the float rounding differs, and which targets come out exactly 0 with it),
+    ``BOX_CODER_EPS`` added to every size."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    height, width = (y2 - y1).clamp(min=0), (x2 - x1).clamp(min=0)
+    return y1 + height / 2, x1 + width / 2, height + BOX_CODER_EPS, width + BOX_CODER_EPS
+
+
 def encode_boxes(boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-    """xyxy boxes [..., N, 4] relative to anchors [N, 4] -> deltas (ty, tx, th, tw)."""
-    center_y, center_x, height, width = _centers_sizes(boxes)
-    anchor_y, anchor_x, anchor_height, anchor_width = _centers_sizes(anchors)
+    """xyxy boxes [..., N, 4] relative to anchors [N, 4] -> deltas (ty, tx, th, tw), computed as
+    effdet's ``FasterRcnnBoxCoder.encode`` does, so that the same coordinates are exactly 0 (the
+    box loss skips those)."""
+    center_y, center_x, height, width = _coder_centers_sizes(boxes)
+    anchor_y, anchor_x, anchor_height, anchor_width = _coder_centers_sizes(anchors)
     return torch.stack(
         (
             (center_y - anchor_y) / anchor_height,
             (center_x - anchor_x) / anchor_width,
-            torch.log(height.clamp(min=1e-6) / anchor_height),
-            torch.log(width.clamp(min=1e-6) / anchor_width),
+            torch.log(height / anchor_height),
+            torch.log(width / anchor_width),
         ),
         dim=-1,
     )
@@ -171,9 +187,9 @@ def match_anchors(
     ``gt_boxes`` [B, M, 4] xyxy and ``gt_labels`` [B, M] (-1 = padding), on the anchors' device.
     Each anchor takes its highest-IoU ground truth: positive at >= ``positive_iou``, negative
     below ``negative_iou``, ignored in between. With ``force_match`` each ground truth's best
-    anchor is positive for it as well (the highest-IoU ground truth wins when several pick the
-    same anchor, then the last in the batch's order); ties between anchors go to the first in
-    anchor order.
+    anchor is positive for it as well; when several ground truths pick the same anchor the
+    first listed wins, as in effdet's ``ArgMaxMatcher`` (whatever their IoUs); ties between
+    anchors go to the first in anchor order.
     """
     valid = gt_labels >= 0  # [B, M]
     gt_boxes = gt_boxes.float() * valid.unsqueeze(-1)  # padding as empty boxes: IoU 0 with every anchor
@@ -183,13 +199,13 @@ def match_anchors(
     positive = best_iou >= positive_iou
     if force_match:
         gt_best_iou, best_anchor = iou.max(dim=1)  # [B, M]
-        claim_iou = torch.where(valid & (gt_best_iou > 0), gt_best_iou, -1.0)
-        strongest_claim = torch.full_like(best_iou, -1.0).scatter_reduce(1, best_anchor, claim_iou, "amax")
-        wins = (claim_iou >= 0) & (claim_iou == strongest_claim.gather(1, best_anchor))
-        gt_index = torch.arange(gt_labels.shape[1], device=gt_labels.device).expand_as(gt_labels)
-        claimed_gt = torch.full_like(best_gt, -1).scatter_reduce(1, best_anchor, torch.where(wins, gt_index, -1), "amax")
-        best_gt = torch.where(claimed_gt >= 0, claimed_gt, best_gt)
-        positive = positive | (claimed_gt >= 0)
+        count = gt_labels.shape[1]  # an index past every ground truth: no claim
+        gt_index = torch.arange(count, device=gt_labels.device).expand_as(gt_labels)
+        claims = torch.where(valid & (gt_best_iou > 0), gt_index, count)
+        claimed_gt = torch.full_like(best_gt, count).scatter_reduce(1, best_anchor, claims, "amin")
+        forced = claimed_gt < count
+        best_gt = torch.where(forced, claimed_gt, best_gt)
+        positive = positive | forced
     matched_labels = torch.gather(gt_labels, 1, best_gt)
     classes = torch.where(positive, matched_labels, classes)
     matched_boxes = torch.gather(gt_boxes, 1, best_gt.unsqueeze(-1).expand(-1, -1, 4))

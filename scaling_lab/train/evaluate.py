@@ -78,7 +78,7 @@ def detection_records(model: nn.Module, loader, anchors: torch.Tensor, precision
             with precision.autocast():
                 class_logits, box_deltas = model(images)
             class_logits, box_deltas = flatten_levels(class_logits, box_deltas, dataset.num_classes)
-            detections = postprocess(class_logits, box_deltas, anchors, image_size=images.shape[-1])
+            detections = postprocess(class_logits, box_deltas, anchors, image_sizes=batch.sizes)
             records += detection_results(dataset, detections, batch.image_ids, batch.scales)
             image_ids += batch.image_ids
     finally:

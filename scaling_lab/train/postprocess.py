@@ -74,11 +74,13 @@ def postprocess(
     iou_threshold: float = NMS_IOU,
     max_detections: int = MAX_DETECTIONS,
     min_score: float = MIN_SCORE,
-    image_size: int | None = None,
+    image_sizes: torch.Tensor | None = None,
 ) -> Detections:
     """Flattened outputs [B, N, K] and [B, N, 4] on anchors [N, 4] -> :class:`Detections`.
 
-    Boxes are in input pixels, clipped to [0, ``image_size``] when it is given.
+    Boxes are in input pixels; with ``image_sizes`` [B, 2] (height, width of each image's area
+    of the input, the rest padding) they are clipped to that area before NMS, as effdet clips to
+    the image's size (``generate_detections``).
     """
     batch, _, num_classes = class_logits.shape
     flat_logits = class_logits.float().reshape(batch, -1)
@@ -91,8 +93,9 @@ def postprocess(
     scores = torch.sigmoid(top_logits)
     deltas = torch.gather(box_deltas, 1, anchor_index.unsqueeze(-1).expand(-1, -1, 4))
     boxes = decode_boxes(deltas, anchors[anchor_index])
-    if image_size is not None:
-        boxes = boxes.clamp(0, image_size)
+    if image_sizes is not None:
+        limits = image_sizes.to(boxes).flip(-1).repeat(1, 2).unsqueeze(1)  # [B, 1, 4]: (w, h, w, h)
+        boxes = torch.minimum(boxes.clamp(min=0), limits)
     keep = batched_nms(boxes, scores, labels, iou_threshold, max_detections) & (scores >= min_score)
     final_scores, final_index = torch.where(keep, scores, -1.0).topk(min(max_detections, top_k), dim=1)
     padding = max_detections - final_index.shape[1]  # fewer candidates than max_detections: pad
