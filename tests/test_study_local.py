@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import yaml
 from scaling_lab import cli
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.files import read_parquet
-from scaling_lab.study import load_study, run_dir_for, run_study
+from scaling_lab.study import adaptive, load_study, run_dir_for, run_study
 from scaling_lab.study.derive import derive_coefficients
 from scaling_lab.trial import trial_function_problems
 from tests.helpers import fake_trial, subprocess_env, write_study
@@ -233,3 +234,15 @@ def test_the_real_and_the_fake_trial_functions_take_what_a_study_passes(tmp_path
     with pytest.raises(ScalingLabError, match="trial_function 'no_seed': it takes no parameter 'seed'.*TrialFunction"):
         run_study(load_study(write_study(tmp_path)), trial_function=no_seed, out=None)
     assert not (tmp_path / "run").exists()
+
+
+def resumed_trial(spec, task, budget, report=None, seed=0, checkpoint_dir=None, device=None, progress=False):
+    """``fake_trial`` resumed from a checkpoint that carries an hour of earlier training."""
+    return dataclasses.replace(fake_trial(spec, task, budget, report, seed, checkpoint_dir, device, progress), wall_time_s=3600.0)
+
+
+def test_a_resumed_trial_s_wall_time_counts_its_earlier_attempts(tmp_path):
+    config = load_study(write_study(tmp_path, search_space={"parameters": {"channels": [16]}}, repeats=1))
+    frame = run_study(config, trial_function=resumed_trial, out=None)
+    assert frame["state"].tolist() == ["complete"] and frame["wall_time_s"].tolist() == [3600.0]
+    assert adaptive.spent(frame) == (1, 1.0)  # a budget in trial-hours counts the hour of the earlier attempt

@@ -133,8 +133,10 @@ class CandidateRunner:
         started = time.time()
         record: dict[str, Any] = {"params": dict(values), "seed": seed, "started": results.now_iso(), "curve": [], "epochs_done": 0}
 
-        def finish(state: str, error: str = "", objective_values: list[float] | None = None) -> Outcome:
-            record.update(state=state, error=error, finished=results.now_iso(), wall_time_s=round(time.time() - started, 3))
+        def finish(state: str, error: str = "", objective_values: list[float] | None = None, trained_s: float = 0.0) -> Outcome:
+            # A resumed trial's training time carries its earlier attempts (from the checkpoint):
+            # the trial's wall time is never less, so a budget in trial-hours counts them too.
+            record.update(state=state, error=error, finished=results.now_iso(), wall_time_s=round(max(time.time() - started, trained_s), 3))
             return Outcome(state, record, objective_values)
 
         try:
@@ -190,7 +192,7 @@ class CandidateRunner:
             return finish("failed", f"{type(exc).__name__}: {exc}")
         record.update(metrics=dict(result.metrics), curve=list(result.curve), epochs_done=self.config.budget.epochs)
         record[BOOTSTRAP_COLUMN] = dict(result.bootstrap)
-        outcome = finish("complete")
+        outcome = finish("complete", trained_s=result.wall_time_s)
         return self.with_objectives(outcome)
 
     def record_latency(self, record: dict[str, Any], spec: Spec) -> str | None:
