@@ -35,10 +35,11 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_once(checkout: Path, folder: Path) -> tuple[float, float, list[float]]:
+def run_once(checkout: Path, folder: Path, overrides: list[str]) -> tuple[float, float, list[float]]:
     """Wall and CPU seconds of one run of the main command in ``folder`` (empty), and the trials' APs."""
     environment = {**os.environ, "SCALING_LAB_CACHE": str(folder / "cache"), "RAY_AUTH_MODE": "disabled"}
     command = [str(checkout / ".venv" / "bin" / "scaling-lab"), "run", str(checkout / STUDY)]
+    command += [argument for override in overrides for argument in ("--set", override)]
     cpu, started = children_cpu_s(), time.perf_counter()
     finished = subprocess.run(command, cwd=folder, env=environment, capture_output=True, text=True)
     wall, cpu = time.perf_counter() - started, children_cpu_s() - cpu
@@ -54,6 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("others", nargs="*", type=Path, help="other checkouts to compare with this one (each with its .venv)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each checkout (default 1)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to run (a smaller study to try the script; not the README's figure)")
     parser.add_argument("--keep", type=Path, help="keep each run's folder under this folder (default: a temporary folder, removed)")
     args = parser.parse_args()
     checkouts = [HERE, *(path.resolve() for path in args.others)]
@@ -65,7 +67,7 @@ def main() -> None:
             for index, checkout in enumerate(checkouts):
                 folder = root / f"run-{repeat}-{index}"
                 folder.mkdir(parents=True)
-                wall, cpu, ap = run_once(checkout, folder)
+                wall, cpu, ap = run_once(checkout, folder, args.set)
                 figures[checkout].append((wall, cpu))
                 aps[checkout].append(ap)
                 print(f"{checkout}: wall {wall:.1f} s, CPU {cpu:.1f} s, AP {' '.join(f'{value:.4f}' for value in ap)}", flush=True)
