@@ -322,12 +322,15 @@ def test_kaleido_failure_is_one_line_with_what_to_install(tmp_path, caplog, monk
 
     from scaling_lab import report
 
-    class Figure:
-        def write_image(self, *args, **kwargs):
-            raise RuntimeError("Kaleido failed to start Chrome.\n  Traceback-like detail\n  more detail")
+    import plotly.graph_objects as go
 
+    def write_images(*args, **kwargs):
+        raise RuntimeError("Kaleido failed to start Chrome.\n  Traceback-like detail\n  more detail")
+
+    figures = [("figure-1", go.Figure())]
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
-    report._write_pngs([("figure-1", Figure())], tmp_path / "figures")
+    monkeypatch.setattr("plotly.io.write_images", write_images)
+    assert report._write_pngs(figures, tmp_path / "figures") == []
     (record,) = caplog.records
     assert "\n" not in record.getMessage()
     assert "kaleido failed (Kaleido failed to start Chrome.)" in record.getMessage() and "apt-get install -y chromium" in record.getMessage()
