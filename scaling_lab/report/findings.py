@@ -41,7 +41,7 @@ def feature_network_lines(run: Run, configs: pd.DataFrame) -> list[str]:
     rows = comparisons.ablation_comparisons(run, rows)
     baseline_ap = paper.FEATURE_NETWORKS[0].ap
     lines = [
-        f"| feature network | fusion | FLOPs vs FPN | our {metric} (95 % interval) | ours − FPN [95 %] | verdict | paper AP − FPN |",
+        f"| feature network | fusion | FLOPs vs FPN | our {metric} (95 % interval) | ours − FPN [interval: 95 % family-wise] | verdict | paper AP − FPN |",
         "|---|---|---|---|---|---|---|",
     ]
     for _, row in rows.iterrows():
@@ -68,7 +68,7 @@ def scaling_lines(run: Run, configs: pd.DataFrame) -> list[str]:
     metric, factor = run.main_metric, scale(run.main_metric)
     reference = {row.group: row.top1 for row in paper.SINGLE_DIMENSION_SCALING}
     lines = [
-        f"| phi | compound vs | compound FLOPs | its FLOPs | compound − it, {metric} [95 %] | verdict | paper top-1: compound − it |",
+        f"| phi | compound vs | compound FLOPs | its FLOPs | compound − it, {metric} [interval: 95 % family-wise] | verdict | paper top-1: compound − it |",
         "|---|---|---|---|---|---|---|",
     ]
     for _, row in matched.iterrows():
@@ -132,7 +132,9 @@ def repeats_lines(run: Run, configs: pd.DataFrame) -> list[str]:
         f"| section | comparison | {run.main_metric} difference [interval] | verdict | seeds for 80 % power at a gap of ±{rule.margin * factor:g}{_unit(run)} |",
         "|---|---|---|---|---|",
     ]
-    labels = configs.set_index(configs["config_id"].astype(str))["summary"]
+    # A configuration alone in its group is named by the group (compound, width, ...), else by what differs.
+    alone = configs.groupby("group")["config_id"].transform("size") == 1
+    labels = pd.Series(configs["group"].where(alone, configs["summary"]).to_numpy(), index=configs["config_id"].astype(str))
     for name, (family, decided) in comparisons.decided(run).items():
         for (a, b), comparison in decided.items():
             needed = stats.seeds_for_power(comparison.sd, comparison.df, rule.margin, alpha=(1 - rule.level) / max(len(family.pairs), 1)) if comparison.verdict == stats.UNRESOLVED else None
