@@ -52,9 +52,10 @@ TINY_BASE = {
 }
 
 
-def fake_trial(spec, task, budget, report=None, seed=0, checkpoint_dir=None, device=None, progress=False):
+def fake_trial(spec, task, budget, report=None, seed=0, checkpoint_dir=None, device=None, progress=False, tracking=None):
     """AP grows with channels and epochs; PANet raises like a CUDA OOM would; FAKE_TRIAL_SLEEP
-    slows each epoch down (for the kill test)."""
+    slows each epoch down (for the kill test). It writes no curves (``tracking`` is taken, as a
+    study passes it to a trial function that takes ``**kwargs``, and left unused)."""
     curve = []
     for epoch in range(1, budget.epochs + 1):
         time.sleep(float(os.environ.get("FAKE_TRIAL_SLEEP", "0")))
