@@ -63,8 +63,8 @@ class Task:
     (default for SGD: 0.08 · batch_size / 64, see ``peak_lr``; AdamW needs it given), reached by a linear warm-up from a tenth of it over ``warmup_epochs``, then cosine decay to
     0; weight decay skips biases and norm weights; ``grad_clip`` is a max gradient norm (0 =
     off); ``ema`` is the decay of an exponential moving average of the weights, used for
-    validation when above 0. ``bf16`` (autocast) applies on CUDA; CPU runs in float32 unless
-    ``bf16_cpu``. ``channels_last`` (the memory layout) applies on both. ``augment`` turns on the loader's flip and scale jitter.
+    validation when above 0. ``bf16`` (autocast) and ``channels_last`` apply on CUDA; CPU runs
+    in float32 unless ``bf16_cpu``. ``augment`` turns on the loader's flip and scale jitter.
     ``adapt_num_classes``: a spec whose ``num_classes`` differs from the dataset's is trained
     with the dataset's (and the trial says so in its notes) instead of being an error.
     ``latency`` times the model at batch 1 on the trial's device after training (a standalone

@@ -1,10 +1,8 @@
 """The numerics a trial runs in on its device: bf16 autocast and channels_last memory layout.
 
 One rule, used wherever a model is trained, validated or timed (the trainer, ``evaluate_spec``,
-the study's latency timing, the speed benchmark): on CUDA, ``task.bf16``; on the CPU, float32
-(bf16 with ``task.bf16_cpu``); ``task.channels_last`` on both (on the CPU, oneDNN's convolutions
-and batch norms run channels_last without layout reorders: a quickstart training step takes
-14-19 % less CPU time than in the default layout, every spec of the study, one thread).
+the study's latency timing, the speed benchmark): on CUDA, ``task.bf16`` and
+``task.channels_last``; on the CPU, float32 (bf16 with ``task.bf16_cpu``) and the default layout.
 """
 
 from __future__ import annotations
@@ -44,4 +42,4 @@ def precision_for(task: Task, device: torch.device) -> Precision:
     """The trial's precision on ``device`` (see the module's rule)."""
     on_cuda = device.type == "cuda"
     bf16 = task.bf16 if on_cuda else task.bf16_cpu
-    return Precision(device, torch.bfloat16 if bf16 else None, task.channels_last)
+    return Precision(device, torch.bfloat16 if bf16 else None, on_cuda and task.channels_last)
