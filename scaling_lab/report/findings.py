@@ -20,6 +20,7 @@ from scaling_lab.errors import ScalingLabError
 from scaling_lab.report import analysis, comparisons
 from scaling_lab.report.figures import scale
 from scaling_lab.report.run import Run
+from scaling_lab.study import adaptive
 from scaling_lab.schema import interval_columns
 
 
@@ -117,7 +118,7 @@ def repeats_lines(run: Run, configs: pd.DataFrame) -> list[str]:
         return ["Fixed repeats: no adaptive rounds in this run."]
     factor, rule = scale(run.main_metric), comparisons.rule(run)
     budget = ", ".join(f"{value:g} {name}" for name, value in (("trials", (repeats.get("budget") or {}).get("trials")), ("trial-hours", (repeats.get("budget") or {}).get("hours"))) if value)
-    trials, hours = len(run.trials[run.trials["state"] != "running"]), float(run.trials.get("wall_time_s", pd.Series(dtype=float)).sum()) / 3600
+    trials, hours = adaptive.spent(run.trials)  # what the budget counts
     stop = f"stopped: {found['reason']} ({found['comparisons'] - found['open']} of {found['comparisons']} comparisons resolved) after {found.get('rounds', 0)} round(s) beyond the first {rule.min_seeds} seeds" if found.get("stop") else "did not stop (the study was still running)"
     lines = [
         f"Adaptive repeats: {rule.min_seeds} to {rule.max_seeds} seeds per configuration until every comparison has a verdict, "
