@@ -349,6 +349,7 @@ def seed_values(trials: pd.DataFrame, metric: str) -> pd.Series:
 
 
 def complete_trials(results: pd.DataFrame) -> pd.DataFrame:
+    """The rows of trials that completed (all rows of a table without states, such as a hand-made one)."""
     return results[results["state"] == "complete"] if "state" in results.columns else results
 
 

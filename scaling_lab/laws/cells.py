@@ -28,6 +28,7 @@ from scipy import stats as distributions
 
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.schema import interval_columns
+from scaling_lab.stats import complete_trials, pool
 
 REPLICATES = 400
 Z_95 = 1.959963984540054
@@ -81,7 +82,7 @@ def table_cells(frame: pd.DataFrame, columns: Sequence[str], where: str, group: 
     """The complete configurations (of ``group``, or all) with every one of ``columns`` recorded,
     one row per seed (repeats of a seed averaged); the first column is the main metric."""
     require_columns(frame, columns, where, "the fit")
-    done = frame[frame["state"] == "complete"]
+    done = complete_trials(frame)
     if group is not None:
         done = done[done["group"].astype(str) == group] if "group" in done.columns else done.iloc[0:0]
     done = done.dropna(subset=list(columns))
@@ -147,10 +148,9 @@ def mean_variances(cells: Sequence[Cell]) -> tuple[np.ndarray, float]:
     behind it: the pooled within-configuration variance over its seeds (``s²/n``), or, without
     repeated seeds, each one-seed cell's image-bootstrap variance (infinite degrees of freedom).
     NaN where neither is known."""
-    df = sum(cell.n_seeds - 1 for cell in cells)
-    if df > 0:
-        pooled = sum(((cell.values[:, 0] - cell.mean[0]) ** 2).sum() for cell in cells) / df
-        return np.array([pooled / cell.n_seeds for cell in cells]), float(df)
+    noise = pool(cell.values[:, 0] for cell in cells)
+    if noise is not None:
+        return np.array([noise.sd**2 / cell.n_seeds for cell in cells]), float(noise.df)
     return np.array([cell.image_se**2 if cell.image_se else math.nan for cell in cells]), math.inf
 
 
@@ -164,8 +164,7 @@ def trial_noise_sd(cells: Sequence[Cell]) -> float:
 
 def seed_df(cells: Sequence[Cell]) -> float:
     """Degrees of freedom of the pooled seed variance (inf when only image bootstraps give noise)."""
-    df = sum(cell.n_seeds - 1 for cell in cells)
-    return float(df) if df > 0 else math.inf
+    return mean_variances(cells)[1]
 
 
 def interval(values: np.ndarray, df: float, level: float = 0.95, axis: int | None = None) -> tuple[Any, Any]:

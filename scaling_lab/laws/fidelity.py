@@ -103,7 +103,7 @@ def curve_columns(frame: pd.DataFrame, metric: str, where: str) -> tuple[pd.Data
     """The complete trials with one column ``epoch <n>`` per validation epoch any of them
     recorded before its last (from each trial's curve; NaN where a trial has none)."""
     require_columns(frame, [metric, "curve"], where, "per-epoch rankings (each trial's validation curve)")
-    done = frame[frame["state"] == "complete"].copy()
+    done = stats.complete_trials(frame).copy()
     per_trial = [{float(p["epoch"]): float(p[metric]) for p in read_curve(text) if p.get(metric) is not None} for text in done["curve"]]
     epochs = sorted({e for points in per_trial for e in points if e < max(points)})
     columns = [f"epoch {e:g}" for e in epochs]

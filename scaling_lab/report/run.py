@@ -15,6 +15,7 @@ from scaling_lab.errors import ScalingLabError
 from scaling_lab.files import read_parquet
 from scaling_lab.schema import NUMERIC_COLUMNS, TRIAL_STATES
 from scaling_lab.spec import BackboneSpec, DetectorSpec
+from scaling_lab.stats import complete_trials
 
 SPEC_FIELDS = frozenset(f.name for spec in (DetectorSpec, BackboneSpec) for f in dataclasses.fields(spec))
 
@@ -38,7 +39,7 @@ class Run:
 
     @property
     def complete(self) -> pd.DataFrame:
-        return self.trials[self.trials["state"] == "complete"]
+        return complete_trials(self.trials)
 
     @property
     def spec_columns(self) -> list[str]:

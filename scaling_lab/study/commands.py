@@ -8,6 +8,7 @@ import json
 
 from scaling_lab.ranges import POSITIVE_INT, flag
 from scaling_lab.schema import FINISHED_STATES, TRIAL_STATES
+from scaling_lab.stats import complete_trials
 from scaling_lab.study.run_folder import checked_run_dir
 from scaling_lab.study.runner import open_results
 
@@ -19,7 +20,7 @@ def _status(args: argparse.Namespace) -> int:
     info, frame = open_results(run_dir)
     counts = {state: int((frame["state"] == state).sum()) if not frame.empty else 0 for state in TRIAL_STATES}
     objective = info["objectives"][0]
-    done = frame[frame["state"] == "complete"] if not frame.empty else frame
+    done = complete_trials(frame)
     best = (
         done.sort_values(objective["metric"], ascending=objective["direction"] == "minimize").head(args.top)
         if objective["metric"] in done.columns

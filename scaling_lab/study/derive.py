@@ -94,7 +94,7 @@ def derive_coefficients(run_dir: Path) -> Derivation:
     rule = DecisionRule.from_info(info)
     maximize = WinnerRule.from_info(info, group).direction == "maximize"
     decided = decide(frame, [(runner, winner.config_id) for runner in runners], winner.metric, rule, maximize)
-    rows = frame[frame["state"] == "complete"]
+    rows = stats.complete_trials(frame)
     params = rows.groupby("config_id")[[f"param.{name}" for name in COEFFICIENT_DIMENSIONS if f"param.{name}" in rows.columns]].first()
     contenders = tuple(
         {

@@ -27,6 +27,7 @@ import pandas as pd
 from scaling_lab import paper
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.spec import BackboneSpec, DetectorSpec
+from scaling_lab.stats import complete_trials
 from scaling_lab.study.winner import WinnerRule, decide_winner, derive_group, rank_configurations
 
 FEATURE_NETWORKS, FUSION, SCALING, GRID = "feature networks", "fusion", "scaling", "grid"
@@ -78,7 +79,7 @@ class Interpolated:
 def configurations(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration with complete trials: its first row's spec and parameters,
     its group, and its mean measured ``flops_ratio``."""
-    done = frame[frame["state"] == "complete"] if "state" in frame.columns else frame
+    done = complete_trials(frame)
     if done.empty or "config_id" not in done.columns:
         return pd.DataFrame()
     firsts = done.groupby("config_id", sort=False).first()

@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from scaling_lab.files import atomic_write
 from scaling_lab.schema import FINISHED_STATES, library_versions, results_table, table_row
+from scaling_lab.stats import complete_trials
 from scaling_lab.study.config import StudyConfig
 # ``study.json``'s content is kept in the database too (a study user attribute), so that a lost or
 # damaged ``study.json`` is rebuilt without the study file (``scaling_lab.study.run_folder``).
@@ -166,7 +167,7 @@ def best_trials(frame: pd.DataFrame, config: StudyConfig, count: int = 5) -> pd.
     if frame.empty:
         return frame
     objective = config.objectives[0]
-    done = frame[frame["state"] == "complete"]
+    done = complete_trials(frame)
     if objective.metric not in done.columns or done.empty:
         return done.head(0)
     return done.sort_values(objective.metric, ascending=objective.direction == "minimize").head(count)

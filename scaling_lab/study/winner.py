@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from scaling_lab.errors import ScalingLabError
+from scaling_lab.stats import complete_trials
 from scaling_lab.study.search_space import Constraint
 
 
@@ -75,7 +76,7 @@ def rank_configurations(frame: pd.DataFrame, group: str, rule: WinnerRule) -> pd
     if frame.empty or rule.metric not in frame.columns:
         return pd.DataFrame(columns=["config_id", "mean", "sd", "complete_seeds", "incomplete", "eligible"])
     rows = frame[frame["group"].astype(str) == group]
-    done = rows[rows["state"] == "complete"]
+    done = complete_trials(rows)
     records = []
     for cid, trials in rows.groupby("config_id", sort=True):
         scores = done.loc[done["config_id"] == cid, rule.metric].astype(float)
