@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import math
 
@@ -31,6 +32,9 @@ from scaling_lab.train import (
     postprocess,
     run_trial,
 )
+
+# the module, not the function the package exports under its name
+postprocess_module = importlib.import_module("scaling_lab.train.postprocess")
 from scaling_lab.train import commands, trainer
 from scaling_lab.train.anchors import IGNORED, NEGATIVE, AnchorTargets
 from scaling_lab.train.evaluate import detection_results, topk_correct
@@ -201,6 +205,21 @@ def test_batched_nms_equals_brute_force():
     boxes = torch.cat([corners, corners + 5 + torch.rand(4, 60, 2, generator=generator) * 20], -1)
     scores = torch.rand(4, 60, generator=generator)
     labels = torch.randint(0, 3, (4, 60), generator=generator)
+    keep = batched_nms(boxes, scores, labels, 0.5)
+    assert keep.tolist() == [reference_nms(b, s, l, 0.5) for b, s, l in zip(boxes, scores, labels)]
+
+
+@pytest.mark.parametrize("block", [5, postprocess_module.NMS_BLOCK])
+def test_batched_nms_equals_brute_force_across_blocks_of_crowded_boxes(block, monkeypatch):
+    """Candidates piled on a few spots, settled in blocks: suppression chains run within and
+    across blocks (an untrained detector's output), images keep different numbers of boxes,
+    and the result is still greedy NMS."""
+    monkeypatch.setattr(postprocess_module, "NMS_BLOCK", block)
+    generator = torch.Generator().manual_seed(2)
+    corners = torch.rand(3, 300, 2, generator=generator) * torch.tensor([[[8.0]], [[30.0]], [[60.0]]])
+    boxes = torch.cat([corners, corners + 10 + torch.rand(3, 300, 2, generator=generator) * 30], -1)
+    scores = torch.rand(3, 300, generator=generator)
+    labels = torch.randint(0, 2, (3, 300), generator=generator)
     keep = batched_nms(boxes, scores, labels, 0.5)
     assert keep.tolist() == [reference_nms(b, s, l, 0.5) for b, s, l in zip(boxes, scores, labels)]
 

@@ -63,11 +63,14 @@ def fit_batch_norm_momentum(model: nn.Module, total_steps: int) -> None:
 
 def make_optimizer(model: nn.Module, task: Task) -> torch.optim.Optimizer:
     """SGD (momentum 0.9) or AdamW; no weight decay on biases and norm weights (1-D tensors),
-    the backbone's learning rate scaled by ``task.backbone_lr_scale``."""
+    the backbone's learning rate scaled by ``task.backbone_lr_scale``. The multi-tensor
+    (``foreach``) update everywhere: torch takes it by default on CUDA only, and on the CPU it
+    gives the same weights to the bit in less time (the quickstart's AdamW steps: 2.2 s of a
+    47 s trial with the per-tensor loop)."""
     groups = parameter_groups(model, task)
     if task.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=task.peak_lr, momentum=SGD_MOMENTUM)
-    return torch.optim.AdamW(groups, lr=task.peak_lr)
+        return torch.optim.SGD(groups, lr=task.peak_lr, momentum=SGD_MOMENTUM, foreach=True)
+    return torch.optim.AdamW(groups, lr=task.peak_lr, foreach=True)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:

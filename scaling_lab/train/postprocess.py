@@ -41,11 +41,12 @@ def batched_nms(
 
     A candidate is kept when no higher-scoring kept candidate of the same image and class
     overlaps it by more than ``iou_threshold``. Candidates are settled in score order, a block
-    at a time for the whole batch: one [B, seen, block] operation applies every earlier kept
-    candidate to the block, and a greedy walk on [B, block] slices settles the block itself.
-    With ``max_kept`` the walk stops once every image has that many survivors: the candidates
-    left are never among an image's best ``max_kept`` survivors, and the cost (quadratic in the
-    candidates settled) stays that of the few hundred needed instead of all C.
+    at a time for the whole batch: the candidates kept so far (gathered to the front, padded to
+    the most any image kept) are applied to the block in one [B, kept, block] operation, then the
+    block settles itself (see :func:`_settle_block`). With ``max_kept`` the walk stops once every
+    image has that many survivors: the candidates left are never among an image's best
+    ``max_kept`` survivors, and the cost stays that of the few hundred candidates needed instead
+    of all C.
     """
     order = scores.argsort(dim=1, descending=True)
     sorted_boxes = torch.gather(boxes, 1, order.unsqueeze(-1).expand(-1, -1, 4))
@@ -54,16 +55,38 @@ def batched_nms(
     keep = torch.zeros_like(sorted_labels, dtype=torch.bool)
     for start in range(0, count, NMS_BLOCK):
         end = min(start + NMS_BLOCK, count)
-        suppresses = box_iou(sorted_boxes[:, :end], sorted_boxes[:, start:end]) > iou_threshold  # [B, end, block]
-        suppresses &= sorted_labels[:, :end, None] == sorted_labels[:, None, start:end]
-        block_keep = ~(suppresses[:, :start] & keep[:, :start, None]).any(dim=1)  # [B, block]
-        within = suppresses[:, start:end]
-        for index in range(end - start - 1):
-            block_keep[:, index + 1 :] &= ~(within[:, index, index + 1 :] & block_keep[:, index, None])
-        keep[:, start:end] = block_keep
+        block_boxes, block_labels = sorted_boxes[:, start:end], sorted_labels[:, start:end]
+        kept_counts = keep[:, :start].sum(dim=1)
+        most = int(kept_counts.max()) if start else 0
+        # Kept candidates first, in score order (a stable sort of "not kept"), the rest masked out.
+        kept_index = torch.sort((~keep[:, :start]).to(torch.uint8), dim=1, stable=True).indices[:, :most]
+        kept_boxes = torch.gather(sorted_boxes, 1, kept_index.unsqueeze(-1).expand(-1, -1, 4))
+        kept_labels = torch.gather(sorted_labels, 1, kept_index)
+        suppressed = box_iou(kept_boxes, block_boxes) > iou_threshold  # [B, kept, block]
+        suppressed &= kept_labels[:, :, None] == block_labels[:, None, :]
+        suppressed &= (torch.arange(most, device=keep.device) < kept_counts[:, None])[:, :, None]
+        within = box_iou(block_boxes, block_boxes) > iou_threshold
+        within &= block_labels[:, :, None] == block_labels[:, None, :]
+        keep[:, start:end] = _settle_block(~suppressed.any(dim=1), within.triu(diagonal=1))
         if max_kept is not None and bool((keep.sum(dim=1) >= max_kept).all()):
             break
     return torch.zeros_like(keep).scatter(1, order, keep)
+
+
+def _settle_block(candidates: torch.Tensor, suppresses: torch.Tensor) -> torch.Tensor:
+    """Greedy NMS inside a block: ``candidates`` [B, n] (not suppressed from outside it),
+    ``suppresses`` [B, n, n] (i before j overlaps j; upper triangular) -> kept [B, n].
+
+    Greedy NMS is the one fixed point of "kept when a candidate and no kept one before it
+    suppresses it": each entry depends only on earlier ones, so iterating that rule from "all
+    kept" fixes at least one more entry per round and stops at the greedy answer, after as many
+    rounds as the longest chain of suppressions (a few), not one per candidate."""
+    kept = candidates
+    while True:
+        update = candidates & ~(suppresses & kept[:, :, None]).any(dim=1)
+        if torch.equal(update, kept):
+            return kept
+        kept = update
 
 
 def postprocess(
