@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -87,10 +89,14 @@ def test_fpn_ablation_trials_start_from_the_loaded_backbone(pretrained, tmp_path
         assert backbone and all(torch.equal(value, classifier[key]) for key, value in backbone.items()), path
 
 
-@pytest.mark.slow  # ~2 min on 2 cores: two studies of six 1-epoch trials
+@pytest.mark.slow  # ~1.2 min on 2 cores: two studies of six 1-epoch trials, side by side
 def test_pretrained_trials_score_above_from_scratch_after_one_epoch(pretrained, tmp_path):
-    scratch = run_fpn_ablation(tmp_path / "scratch", FIRST_EPOCH)
-    loaded = run_fpn_ablation(tmp_path / "pretrained", FIRST_EPOCH + [f"task.init={pretrained[0]}"])
+    # Each study's trials run on one thread (the profile's resources.cpus), so the two studies
+    # run at once, each in its own process, sharing the cache (written atomically).
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        scratch = pool.submit(run_fpn_ablation, tmp_path / "scratch", FIRST_EPOCH)
+        loaded = pool.submit(run_fpn_ablation, tmp_path / "pretrained", FIRST_EPOCH + [f"task.init={pretrained[0]}"])
+        scratch, loaded = scratch.result(), loaded.result()
     paired = scratch.merge(loaded, on=["config_id", "seed"], suffixes=("_scratch", "_pretrained"))
     assert len(paired) == 6
     # APs near 0.003: single configurations move with float-level differences (library versions,
