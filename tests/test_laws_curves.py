@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from scaling_lab.errors import ScalingLabError
-from scaling_lab.laws.cells import Cell
+from scaling_lab.laws.cells import Cell, main_metric
 from scaling_lab.laws.curves import PARETO_PREFIX, fit_curve, fit_rules, rule_cells
-from tests.laws_tables import info, rule_rows, rows, table
+from tests.laws_tables import AP, info, rule_rows, rows, table
 
 TRUE_EXPONENT = 0.15
 
@@ -86,3 +86,14 @@ def test_rules_take_their_start_from_any_group_by_spec_and_groups_without_phi_gi
     fits, skipped = fit_rules(info(), frame, "synthetic", replicates=50)
     assert set(fits) == {"compound", "width", PARETO_PREFIX + "search"} and not skipped
     assert fits["compound"].activation_exponent == pytest.approx(0.9)
+
+
+def test_the_fits_use_the_metric_the_comparisons_decide_on_not_a_first_objective_of_latency():
+    rng = np.random.default_rng(5)
+    frame = table(rule_rows(rng, "compound", {"alpha": 1.2, "beta": 1.1, "gamma": 1.15}, [0, 1, 2, 3]))
+    frame["latency_ms"] = 1.0 + frame.index.to_numpy()
+    latency_first = info(objectives=[{"metric": "latency_ms", "direction": "minimize"}, AP])
+    assert main_metric(latency_first, frame, "synthetic") == ("AP", True)
+    assert fit_rules(latency_first, frame, "synthetic", replicates=50)[0]["compound"].metric == "AP"
+    with pytest.raises(ScalingLabError, match=r"synthetic: .*no column\(s\) latency_ms"):
+        main_metric(latency_first, frame.drop(columns=["AP", "latency_ms"]), "synthetic")

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as distributions
 
+from scaling_lab.decisions import verdict_metric
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.schema import interval_columns
 from scaling_lab.stats import complete_trials, pool
@@ -60,13 +61,16 @@ class Cell:
 
 
 def main_metric(info: Mapping[str, Any], frame: pd.DataFrame, where: str) -> tuple[str, bool]:
-    """The study's first objective and whether it is maximized; an error when the table lacks it."""
-    objectives = info.get("objectives") or []
-    if not objectives or "metric" not in objectives[0]:
+    """The metric the fits are made on and whether it is maximized: the one the study's
+    comparisons are decided on (``decisions.verdict_metric``, so a study whose first objective
+    is latency is still fitted on its accuracy); an error when the table has none."""
+    objectives = [o for o in info.get("objectives") or [] if isinstance(o, Mapping) and "metric" in o]
+    if not objectives:
         raise ScalingLabError(f"{where}: study.json names no objective; the fits need the study's metric")
-    metric = str(objectives[0]["metric"])
+    first = str(objectives[0]["metric"]), objectives[0].get("direction", "maximize") == "maximize"
+    metric, maximize = verdict_metric(objectives, frame.columns) or first  # without one, the error names the first
     require_columns(frame, [metric], where, f"the study's metric {metric}")
-    return metric, objectives[0].get("direction", "maximize") == "maximize"
+    return metric, maximize
 
 
 def require_columns(frame: pd.DataFrame, columns: Sequence[str], where: str, purpose: str) -> None:
