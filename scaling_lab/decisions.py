@@ -22,6 +22,8 @@ margin) is at most ``1 - level`` (5 %), however the study stopped.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -111,12 +113,21 @@ def decide(
     values = {cid: stats.seed_values(trials, metric) for cid, trials in groups}
     images = {cid: found for cid, trials in groups if (found := image_replicates.image_replicates(trials, metric)) is not None}
     empty = pd.Series(dtype=float)
+    unseeded = {}  # combinations whose configurations all have trials but no seed in common
     for cid, parts in combinations.items():
-        values[cid] = stats.combine([(values.get(member, empty), weight) for member, weight in parts]) if pairable else empty
+        members = [values.get(member, empty) for member, _ in parts]
+        values[cid] = stats.combine([(member, weight) for member, (_, weight) in zip(members, parts)]) if pairable else empty
+        if values[cid].empty and all(not member.empty for member in members):
+            unseeded[cid] = f"the configurations combined into {cid} ({', '.join(m for m, _ in parts)}) have no seed in common"
         found = image_replicates.combine_images([(images.get(member), weight) for member, weight in parts])
         if found is not None:
             images[cid] = found
-    return decide_values(values, pairs, rule, maximize, stats.pooled_seed_noise(done, metric), pairable, images)
+    decided = decide_values(values, pairs, rule, maximize, stats.pooled_seed_noise(done, metric), pairable, images)
+    return {
+        pair: dataclasses.replace(found, note="; ".join(unseeded[side] for side in pair if side in unseeded))
+        if any(side in unseeded for side in pair) and math.isnan(found.difference) else found
+        for pair, found in decided.items()
+    }
 
 
 def decide_values(

@@ -177,6 +177,10 @@ def test_a_rule_off_compounds_flops_is_interpolated_in_log_flops_per_seed_and_pa
     # adaptive repeats grow an open interpolated comparison's configurations: both points and compound
     open_found = {family.pairs[0]: dataclasses.replace(found, verdict="unresolved")}
     assert _grow(open_found, {"b": 4, "c": 4, "r": 4}, 6, family.combinations) == (1, {"c": 4, "b": 4, "r": 4})
+    # points that share no seed give no per-seed line, and the note says so (not "no complete trial")
+    apart = frame[(frame["config_id"] != "r") | (frame["seed"] == 0)].assign(seed=lambda f: f["seed"].where(f["config_id"] != "r", 9))
+    unseeded = decide(apart, family.pairs, "AP", DecisionRule(), combinations=family.combinations)[family.pairs[0]]
+    assert unseeded.verdict == "unresolved" and unseeded.note == f"the configurations combined into {interpolated} (b, r) have no seed in common"
     # beyond the rule's last point there is nothing to interpolate: no verdict, as before
     far = scaling_rows({("b", "compound", 0.0, 1.0): [0.2] * 2, ("c", "compound", 1.0, 3.0): [0.3] * 2, ("r", "resolution", 1.0, 2.25): [0.26] * 2})
     assert comparison_families({}, far)[SCALING].excluded == {("c", "r"): "not at matched FLOPs (2.25x vs 3.00x, -25%): no verdict"}
