@@ -104,7 +104,8 @@ def decide(
 ) -> dict[tuple[str, str], stats.Comparison]:
     """Each ``(a, b)`` pair of one family (report section) decided by ``rule``: ``a - b``. An id
     of ``combinations`` stands for the weighted sum of its configurations (e.g. a rule's metric
-    interpolated at compound's FLOPs), per seed (``stats.combine``)."""
+    interpolated at compound's FLOPs), per seed (``stats.combine``); when they share no seed the
+    comparison is unresolved and its note says so."""
     done = stats.complete_trials(results).dropna(subset=[metric])
     combinations = combinations or {}
     wanted = {member for pair in pairs for c in pair for member, _ in combinations.get(str(c), ((str(c), 1.0),))}
@@ -117,17 +118,17 @@ def decide(
     for cid, parts in combinations.items():
         members = [values.get(member, empty) for member, _ in parts]
         values[cid] = stats.combine([(member, weight) for member, (_, weight) in zip(members, parts)]) if pairable else empty
-        if values[cid].empty and all(not member.empty for member in members):
+        if pairable and values[cid].empty and all(not member.empty for member in members):
             unseeded[cid] = f"the configurations combined into {cid} ({', '.join(m for m, _ in parts)}) have no seed in common"
         found = image_replicates.combine_images([(images.get(member), weight) for member, weight in parts])
         if found is not None:
             images[cid] = found
     decided = decide_values(values, pairs, rule, maximize, stats.pooled_seed_noise(done, metric), pairable, images)
-    return {
-        pair: dataclasses.replace(found, note="; ".join(unseeded[side] for side in pair if side in unseeded))
-        if any(side in unseeded for side in pair) and math.isnan(found.difference) else found
-        for pair, found in decided.items()
-    }
+    for pair, found in decided.items():
+        if any(side in unseeded for side in pair) and math.isnan(found.difference):  # say why each side has no values
+            reasons = [unseeded.get(side) or f"{side} has no complete trial" for side in pair if side in unseeded or values.get(side, empty).empty]
+            decided[pair] = dataclasses.replace(found, note="; ".join(reasons))
+    return decided
 
 
 def decide_values(

@@ -181,6 +181,10 @@ def test_a_rule_off_compounds_flops_is_interpolated_in_log_flops_per_seed_and_pa
     apart = frame[(frame["config_id"] != "r") | (frame["seed"] == 0)].assign(seed=lambda f: f["seed"].where(f["config_id"] != "r", 9))
     unseeded = decide(apart, family.pairs, "AP", DecisionRule(), combinations=family.combinations)[family.pairs[0]]
     assert unseeded.verdict == "unresolved" and unseeded.note == f"the configurations combined into {interpolated} (b, r) have no seed in common"
+    alone = decide(apart[apart["config_id"] != "c"], family.pairs, "AP", DecisionRule(), combinations=family.combinations)[family.pairs[0]]
+    assert alone.note == f"c has no complete trial; the configurations combined into {interpolated} (b, r) have no seed in common"
+    without_seeds = decide(apart.drop(columns="seed"), family.pairs, "AP", DecisionRule(), combinations=family.combinations)[family.pairs[0]]
+    assert "seed in common" not in without_seeds.note
     # beyond the rule's last point there is nothing to interpolate: no verdict, as before
     far = scaling_rows({("b", "compound", 0.0, 1.0): [0.2] * 2, ("c", "compound", 1.0, 3.0): [0.3] * 2, ("r", "resolution", 1.0, 2.25): [0.26] * 2})
     assert comparison_families({}, far)[SCALING].excluded == {("c", "r"): "not at matched FLOPs (2.25x vs 3.00x, -25%): no verdict"}

@@ -222,6 +222,7 @@ def test_batched_nms_equals_brute_force_across_blocks_of_crowded_boxes(block, mo
     labels = torch.randint(0, 2, (3, 300), generator=generator)
     keep = batched_nms(boxes, scores, labels, 0.5)
     assert keep.tolist() == [reference_nms(b, s, l, 0.5) for b, s, l in zip(boxes, scores, labels)]
+    assert batched_nms(boxes[:0], scores[:0], labels[:0], 0.5).shape == (0, 300)  # an empty batch
 
 
 def test_nms_that_stops_at_max_kept_keeps_the_same_best_survivors():

@@ -64,10 +64,10 @@ def main_metric(info: Mapping[str, Any], frame: pd.DataFrame, where: str) -> tup
     """The metric the fits are made on and whether it is maximized: the one the study's
     comparisons are decided on (``decisions.verdict_metric``, so a study whose first objective
     is latency is still fitted on its accuracy); an error when the table has none."""
-    objectives = [o for o in info.get("objectives") or [] if isinstance(o, Mapping) and "metric" in o]
+    objectives = [{"direction": "maximize", **o} for o in info.get("objectives") or [] if isinstance(o, Mapping) and "metric" in o]
     if not objectives:
         raise ScalingLabError(f"{where}: study.json names no objective; the fits need the study's metric")
-    first = str(objectives[0]["metric"]), objectives[0].get("direction", "maximize") == "maximize"
+    first = str(objectives[0]["metric"]), objectives[0]["direction"] == "maximize"
     metric, maximize = verdict_metric(objectives, frame.columns) or first  # without one, the error names the first
     require_columns(frame, [metric], where, f"the study's metric {metric}")
     return metric, maximize

@@ -43,7 +43,7 @@ def batched_nms(
     overlaps it by more than ``iou_threshold``. Candidates are settled in score order, a block
     at a time for the whole batch: the candidates kept so far (gathered to the front, padded to
     the most any image kept) are applied to the block in one [B, kept, block] operation, then the
-    block settles itself (see :func:`_settle_block`). With ``max_kept`` the walk stops once every
+    block settles itself (see :func:`_settle_block`). With ``max_kept`` the blocks stop once every
     image has that many survivors: the candidates left are never among an image's best
     ``max_kept`` survivors, and the cost stays that of the few hundred candidates needed instead
     of all C.
@@ -57,7 +57,7 @@ def batched_nms(
         end = min(start + NMS_BLOCK, count)
         block_boxes, block_labels = sorted_boxes[:, start:end], sorted_labels[:, start:end]
         kept_counts = keep[:, :start].sum(dim=1)
-        most = int(kept_counts.max()) if start else 0
+        most = int(kept_counts.max()) if kept_counts.numel() else 0
         # Kept candidates first, in score order (a stable sort of "not kept"), the rest masked out.
         kept_index = torch.sort((~keep[:, :start]).to(torch.uint8), dim=1, stable=True).indices[:, :most]
         kept_boxes = torch.gather(sorted_boxes, 1, kept_index.unsqueeze(-1).expand(-1, -1, 4))
@@ -78,9 +78,10 @@ def _settle_block(candidates: torch.Tensor, suppresses: torch.Tensor) -> torch.T
     ``suppresses`` [B, n, n] (i before j overlaps j; upper triangular) -> kept [B, n].
 
     Greedy NMS is the one fixed point of "kept when a candidate and no kept one before it
-    suppresses it": each entry depends only on earlier ones, so iterating that rule from "all
-    kept" fixes at least one more entry per round and stops at the greedy answer, after as many
-    rounds as the longest chain of suppressions (a few), not one per candidate."""
+    suppresses it": each entry depends only on earlier ones, so iterating that rule from the
+    candidates fixes at least one more entry per round and stops at the greedy answer after the
+    longest chain of suppressions plus one round (a few on detector outputs; a block-long chain
+    at worst, as many steps as a walk one candidate at a time)."""
     kept = candidates
     while True:
         update = candidates & ~(suppresses & kept[:, :, None]).any(dim=1)
