@@ -65,6 +65,24 @@ def test_local_study_records_every_state(tmp_path):
     assert len(run_study(config, trial_function=fake_trial, out=None)) == 12
 
 
+def test_independent_grid_groups_are_planned_ahead_costliest_first(tmp_path):
+    """Every grid group that takes no other group's winner is enqueued at the start, trials with
+    more FLOPs first across those groups (so a free worker, or Ray's free CPUs, takes the next
+    group's trials, longest first); a group that takes a winner is planned once that is known."""
+    groups = [
+        {"name": "narrow", "search_space": {"parameters": {"channels": {"type": "grid", "values": [16, 24]}}}},
+        {"name": "wide", "search_space": {"parameters": {"channels": {"type": "grid", "values": [48, 64]}}}},
+        {"name": "then", "search_space": {"parameters": {"channels": {"type": "best", "group": "wide"}, "feature_network": ["fpn", "bifpn"]}}},
+    ]
+    path = write_study(tmp_path, search_space=None, groups=groups, repeats=1)
+    frame = run_study(load_study(path), trial_function=fake_trial, out=None).sort_values("trial_id")
+    assert (frame["state"] == "complete").all()
+    assert frame["group"].tolist() == ["wide", "wide", "narrow", "narrow", "then", "then"]
+    assert frame["channels"].tolist()[:4] == [64, 48, 24, 16]
+    assert frame["flops"].tolist()[:4] == sorted(frame["flops"].tolist()[:4], reverse=True)
+    assert set(frame["channels"].tolist()[4:]) == {64}  # the winner of "wide" (fake AP grows with channels)
+
+
 def test_sampled_study_with_pruner_and_seeds(tmp_path):
     path = write_study(
         tmp_path,

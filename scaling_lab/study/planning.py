@@ -7,9 +7,10 @@ same moment make every (configuration, seed) pair exactly once.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import optuna
 import pandas as pd
@@ -29,6 +30,18 @@ TAGS = ("group", "seed", "config_id", "retry_of")  # a trial's place in the plan
 PLANNING_PROGRESS_EVERY = 1000  # enqueued trials between progress lines of a long plan
 MAX_DUPLICATE_SAMPLES = 100  # fresh samples in a row of configurations the group already has
 ADAPTIVE_ATTR = "adaptive_repeats"  # the last look of adaptive repeats: stop reason, open comparisons, rounds
+
+
+class Planned(NamedTuple):
+    """A trial to enqueue: its group, Optuna parameters, configuration id and seed; the tags of
+    the interrupted trial it runs again, or the values of the grid point it is."""
+
+    group: Group
+    params: dict[str, Any]
+    config_id: str
+    seed: int
+    tags: dict[str, Any] | None = None
+    values: dict[str, Any] | None = None
 
 
 class GroupPlanning:
@@ -116,37 +129,68 @@ class GroupPlanning:
             if t.state in LIVE_STATES and "config_id" in t.user_attrs and not results.is_interrupted(t) and t.number not in superseded
         }
 
-    def _enqueue(self, group: Group, planned: list[tuple[dict[str, Any], str, int]]) -> None:
-        """Enqueue (parameters, configuration id, seed) trials of a group; a long plan (``repeats:
-        10000``) prints its progress every ``PLANNING_PROGRESS_EVERY`` trials, since each takes a
-        database transaction."""
+    def _enqueue(self, planned: list[Planned]) -> None:
+        """Enqueue trials in this order; a long plan (``repeats: 10000``) prints its progress
+        every ``PLANNING_PROGRESS_EVERY`` trials, since each takes a database transaction."""
         loud = self.out is not None and len(planned) >= PLANNING_PROGRESS_EVERY
-        for done, (params, cid, seed) in enumerate(planned, start=1):
-            self.study.enqueue_trial(params, user_attrs={"group": group.name, "seed": seed, "config_id": cid})
+        for done, entry in enumerate(planned, start=1):
+            tags = entry.tags or {"group": entry.group.name, "seed": entry.seed, "config_id": entry.config_id}
+            self.study.enqueue_trial(entry.params, user_attrs=tags)
             if loud and (done % PLANNING_PROGRESS_EVERY == 0 or done == len(planned)):
-                print(f"[{self.config.name}] planning group {group.name or 'main'}: {done}/{len(planned)} trials enqueued", file=self.out, flush=True)
+                print(f"[{self.config.name}] planning: {done}/{len(planned)} trials enqueued", file=self.out, flush=True)
 
     def reconcile(self, group: Group) -> None:
         """Make the stored plan of this group whole (see the module docstring)."""
         with storage.planning_lock(self.storage, self.config.name):
             storage.fail_stale_trials(self.study, self.storage)
-            trials = self._group_trials(group)
-            live = self._live_keys(trials)
-            for trial in trials:
-                key = self._key(trial)
-                if results.is_interrupted(trial) and key[0] is not None and key not in live:
-                    self.study.enqueue_trial(dict(trial.params), user_attrs={k: trial.user_attrs[k] for k in TAGS if k in trial.user_attrs})
-                    live.add(key)
-            if group.trials is not None:  # a sampled group: each started configuration gets all its seeds
-                params = {self._key(t)[0]: dict(t.params) for t in trials if self._key(t) in live}
-                self._enqueue(group, [(params[cid], cid, seed) for cid in params for seed in self.config.seeds if (cid, seed) not in live])
-                return
-            space = self.space(group)
-            points = space.grid()
-            missing = [(values, seed) for values in points for seed in self.config.seeds if (config_id(group.name, values), seed) not in live]
-            if missing and not trials:
-                self._check_feasible(space, group, points)
-            self._enqueue(group, [(space.optuna_params(values, self.prefix(group)), config_id(group.name, values), seed) for values, seed in missing])
+            self._enqueue(self._unplanned(group))
+
+    def plan_ahead(self) -> None:
+        """Make whole, now, the plan of every grid group that takes no other group's winner,
+        costliest trials first (measured FLOPs). Workers take waiting trials of any group, so
+        one with nothing left of its group starts the next group's rather than waiting for the
+        last trials of this one; the longest first leaves short trials to fill the end (the
+        longest-processing-time rule). One worker runs the same trials, in this order."""
+        with storage.planning_lock(self.storage, self.config.name):
+            storage.fail_stale_trials(self.study, self.storage)
+            independent = [g for g in self.config.groups if g.trials is None and not g.space.best_references]
+            planned = [entry for group in independent for entry in self._unplanned(group)]
+            self._enqueue(sorted(planned, key=lambda entry: -self._expected_flops(entry)))
+
+    def _expected_flops(self, entry: Planned) -> float:
+        """A planned grid point's measured FLOPs (cached: its trial measures them too); infinite
+        for a trial that runs again (it goes first, as it would alone), 0 for a spec that cannot
+        be built or measured here (its trial says why)."""
+        if entry.values is None:
+            return math.inf
+        try:
+            return float(cost_counts(self.space(entry.group).build_spec(self.config.base, entry.values), self.base_costs)["flops"])
+        except Exception:  # noqa: BLE001 - the trial fails alone, with its reason
+            return 0.0
+
+    def _unplanned(self, group: Group) -> list[Planned]:
+        """What this group's stored plan lacks: its interrupted trials again, and every
+        (configuration, seed) it should have and has not (a grid's points; a sampled group's
+        started configurations)."""
+        trials = self._group_trials(group)
+        live = self._live_keys(trials)
+        planned = []
+        for trial in trials:
+            key = self._key(trial)
+            if results.is_interrupted(trial) and key[0] is not None and key not in live:
+                planned.append(Planned(group, dict(trial.params), key[0], key[1], tags={k: trial.user_attrs[k] for k in TAGS if k in trial.user_attrs}))
+                live.add(key)
+        if group.trials is not None:  # a sampled group: each started configuration gets all its seeds
+            params = {self._key(t)[0]: dict(t.params) for t in trials if self._key(t) in live}
+            return planned + [Planned(group, params[cid], cid, seed) for cid in params for seed in self.config.seeds if (cid, seed) not in live]
+        space = self.space(group)
+        points = space.grid()
+        missing = [(values, seed) for values in points for seed in self.config.seeds if (config_id(group.name, values), seed) not in live]
+        if missing and not trials:
+            self._check_feasible(space, group, points)
+        return planned + [
+            Planned(group, space.optuna_params(values, self.prefix(group)), config_id(group.name, values), seed, values=values) for values, seed in missing
+        ]
 
     def _check_feasible(self, space: SearchSpace, group: Group, points: list[dict[str, Any]]) -> None:
         """Every grid point must make a valid spec (a bad value is an error before anything
@@ -222,7 +266,7 @@ class GroupPlanning:
         for key, value in (("group", group.name), ("seed", seed), ("config_id", cid)):
             trial.set_user_attr(key, value)
         if fresh:
-            self._enqueue(group, [(dict(trial.params), cid, other) for other in self.config.seeds[1:]])
+            self._enqueue([Planned(group, dict(trial.params), cid, other) for other in self.config.seeds[1:]])
         return group, space, values, seed, cid
 
     def settled(self, group: Group) -> bool:
@@ -254,7 +298,7 @@ class GroupPlanning:
             params = {t.user_attrs["config_id"]: (dict(t.params), t.user_attrs["group"]) for t in trials if "config_id" in t.user_attrs and "group" in t.user_attrs}
             for cid, seed in found.seeds.items():
                 values, group = params[cid]
-                self._enqueue(self.group(group), [(values, cid, seed)])
+                self._enqueue([Planned(self.group(group), values, cid, seed)])
             rounds = int((self.study.user_attrs.get(ADAPTIVE_ATTR) or {}).get("rounds", 0)) + (found.stop is None)
             self.study.set_user_attr(ADAPTIVE_ATTR, {"stop": found.stop, "reason": adaptive.STOP_REASONS.get(found.stop), "open": found.open, "comparisons": found.comparisons, "rounds": rounds})
         if self.out is not None:

@@ -297,6 +297,7 @@ def run_ray(session: StudySession, address: str | None) -> None:
         cluster = ray.cluster_resources()
         with Heartbeat(session.storage) as heartbeat:
             while True:
+                session.plan_ahead()  # a group's Tuner also runs the next groups' trials when it has free CPUs
                 for group in session.config.groups:
                     _fit_group(session, group, heartbeat, cluster)
                 if not session.plan_round():  # adaptive repeats: another round while comparisons are open

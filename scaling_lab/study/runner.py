@@ -76,8 +76,10 @@ def work_through(session: StudySession, group: Group) -> None:
 
 def run_local(session: StudySession) -> None:
     """Optuna in this process, one trial at a time, group after group (and round after round of
-    adaptive repeats)."""
+    adaptive repeats); the planned trials of groups that take no other group's winner are
+    enqueued first, so another worker's idle process may take them (``plan_ahead``)."""
     while True:
+        session.plan_ahead()
         for group in session.config.groups:
             work_through(session, group)
         if not session.plan_round():  # adaptive repeats: another round while comparisons are open
