@@ -6,10 +6,12 @@ from an empty cache (synthetic data, measurements and latencies made afresh) int
 
 Each checkout runs with its own ``.venv`` (``./scripts/setup``) and its own study file. Runs
 alternate between the checkouts (A B A B ...), so a machine whose load drifts weighs on both
-alike. Per run it prints the wall time and the CPU time (user + sys of the command and all its
-processes: far less sensitive than the wall time to other work on the machine) and each trial's
-AP; then the medians per checkout and their ratios to the first checkout. Two runs of one
-checkout must give the same APs bit for bit (the study is deterministic on the CPU).
+alike. Per run it prints the wall time and the CPU time (user + sys of the command and the
+processes it waits for: far less sensitive than the wall time to other work on the machine, but
+blind to a local Ray's workers, which the command does not wait for: compare it only between
+runs of one backend) and each configuration's AP, by configuration id (the same order whatever
+order the trials ran in); then the medians per checkout and their ratios to the first checkout.
+Two runs of one checkout must give the same APs bit for bit.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def run_once(checkout: Path, folder: Path, overrides: list[str]) -> tuple[float,
         sys.exit(f"{' '.join(command)} failed ({finished.returncode}):\n{finished.stdout}\n{finished.stderr}")
     if not (folder / "reports" / "quickstart" / "index.html").is_file():
         sys.exit(f"{checkout}: no report written under {folder / 'reports' / 'quickstart'}")
-    table = pd.read_parquet(folder / "runs" / "quickstart" / "results.parquet").sort_values("trial_id")
+    table = pd.read_parquet(folder / "runs" / "quickstart" / "results.parquet").sort_values("config_id")
     return wall, cpu, table["AP"].tolist()
 
 

@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 from scaling_lab import cli
+from scaling_lab.report import analysis
+from scaling_lab.report.run import load_run
 from scaling_lab.errors import ScalingLabError
 from scaling_lab.files import read_parquet
 from scaling_lab.study import adaptive, load_study, run_dir_for, run_study
@@ -65,22 +67,43 @@ def test_local_study_records_every_state(tmp_path):
     assert len(run_study(config, trial_function=fake_trial, out=None)) == 12
 
 
-def test_independent_grid_groups_are_planned_ahead_costliest_first(tmp_path):
-    """Every grid group that takes no other group's winner is enqueued at the start, trials with
-    more FLOPs first across those groups (so a free worker, or Ray's free CPUs, takes the next
-    group's trials, longest first); a group that takes a winner is planned once that is known."""
-    groups = [
-        {"name": "narrow", "search_space": {"parameters": {"channels": {"type": "grid", "values": [16, 24]}}}},
-        {"name": "wide", "search_space": {"parameters": {"channels": {"type": "grid", "values": [48, 64]}}}},
-        {"name": "then", "search_space": {"parameters": {"channels": {"type": "best", "group": "wide"}, "feature_network": ["fpn", "bifpn"]}}},
-    ]
-    path = write_study(tmp_path, search_space=None, groups=groups, repeats=1)
+PLANNED_AHEAD_GROUPS = [
+    {"name": "narrow", "search_space": {"parameters": {"channels": {"type": "grid", "values": [16, 24]}}}},
+    {"name": "wide", "search_space": {"parameters": {"channels": {"type": "grid", "values": [48, 64]}}}},
+    {"name": "then", "search_space": {"parameters": {"channels": {"type": "best", "group": "narrow"}, "feature_network": ["fpn", "bifpn"]}}},
+]
+
+
+def test_independent_grid_groups_are_planned_ahead_gating_groups_then_costliest_first(tmp_path):
+    """Every grid group that takes no other group's winner is enqueued at the start (a free
+    worker, or Ray's free CPUs, takes the next group's trials): first the groups whose winner
+    another group takes, then the most FLOPs first; a group that takes a winner is planned once
+    that is known."""
+    path = write_study(tmp_path, search_space=None, groups=PLANNED_AHEAD_GROUPS, repeats=1)
     frame = run_study(load_study(path), trial_function=fake_trial, out=None).sort_values("trial_id")
     assert (frame["state"] == "complete").all()
-    assert frame["group"].tolist() == ["wide", "wide", "narrow", "narrow", "then", "then"]
-    assert frame["channels"].tolist()[:4] == [64, 48, 24, 16]
-    assert frame["flops"].tolist()[:4] == sorted(frame["flops"].tolist()[:4], reverse=True)
-    assert set(frame["channels"].tolist()[4:]) == {64}  # the winner of "wide" (fake AP grows with channels)
+    assert frame["group"].tolist() == ["narrow", "narrow", "wide", "wide", "then", "then"]
+    assert frame["channels"].tolist()[:4] == [24, 16, 64, 48]
+    assert set(frame["channels"].tolist()[4:]) == {24}  # the winner of "narrow" (fake AP grows with channels)
+
+
+def test_a_later_group_planned_ahead_runs_first_and_reports_keep_the_study_order(tmp_path):
+    path = write_study(tmp_path, search_space=None, groups=PLANNED_AHEAD_GROUPS[:2], repeats=1)
+    config = load_study(path)
+    frame = run_study(config, trial_function=fake_trial, out=None).sort_values("trial_id")
+    assert frame["channels"].tolist() == [64, 48, 24, 16]
+    configs = analysis.configurations(load_run(config.run_dir))
+    assert configs["group"].tolist() == ["narrow", "narrow", "wide", "wide"]
+    assert configs["channels"].tolist() == [24, 16, 64, 48]  # within a group, as its trials ran
+
+
+def test_with_early_stopping_groups_run_in_turn_in_grid_order(tmp_path):
+    """A stopping rule compares a trial with those that reached its epoch before it: the plan
+    is not reordered across groups there."""
+    path = write_study(tmp_path, search_space=None, groups=PLANNED_AHEAD_GROUPS, repeats=1, early_stopping={"type": "median", "min_epochs": 1})
+    frame = run_study(load_study(path), trial_function=fake_trial, out=None).sort_values("trial_id")
+    assert frame["group"].tolist() == ["narrow", "narrow", "wide", "wide", "then", "then"]
+    assert frame["channels"].tolist()[:4] == [16, 24, 48, 64]
 
 
 def test_sampled_study_with_pruner_and_seeds(tmp_path):

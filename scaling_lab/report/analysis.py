@@ -66,7 +66,14 @@ def configurations(run: Run) -> pd.DataFrame:
     competing = ~table["incomplete"].to_numpy()
     table["on_front"] = pareto_front(matrix, directions) & competing
     table["possibly_on_front"] = reaches_front(matrix, directions, _main_column(run, table), table[high].to_numpy(dtype=float)) & competing
-    return table
+    return table.iloc[_study_order(run, table["group"], grouped["trial_id"].min().to_numpy())].reset_index(drop=True)
+
+
+def _study_order(run: Run, groups: pd.Series, first_trials: np.ndarray) -> np.ndarray:
+    """Rows in the study file's group order, each group's in the order its trials ran (a study
+    plans independent groups ahead, so a later group's trials may run first)."""
+    position = {group.get("name"): index for index, group in enumerate(run.study.get("groups") or [])}
+    return np.lexsort((first_trials, groups.map(lambda name: position.get(name, len(position))).to_numpy()))
 
 
 def _interval(run: Run, trials: pd.DataFrame, pooled: stats.SeedNoise | None) -> stats.Estimate:

@@ -4,7 +4,7 @@ Both backends run candidates through ``CandidateRunner``, so a (configuration, s
 same way locally and under Ray: the same spec, task, budget, seed and thread count (the study's
 ``resources.cpus``). Trials never time their own latency: trials that share a device would time
 their neighbours' load too. The local backend times each candidate alone before it trains; the
-Ray driver once the group's trials have stopped (``latency_alone``).
+Ray driver once its Tuner's trials have stopped (``latency_alone``).
 """
 
 from __future__ import annotations

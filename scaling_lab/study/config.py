@@ -3,7 +3,7 @@ early, repeat and place trials, and where to keep the results (read from study f
 ``study_files``).
 
 A study is a base spec, one search space (or an ordered list of ``groups``, each with its own
-space, run one after the other, so a later group can use an earlier group's best values), a
+space; a group that uses an earlier group's best values runs once that group is finished), a
 task, objectives, a sampler, early stopping, seeds, resources, a backend and a storage.
 """
 

@@ -133,11 +133,13 @@ class GroupPlanning:
         """Enqueue trials in this order; a long plan (``repeats: 10000``) prints its progress
         every ``PLANNING_PROGRESS_EVERY`` trials, since each takes a database transaction."""
         loud = self.out is not None and len(planned) >= PLANNING_PROGRESS_EVERY
+        names = list(dict.fromkeys(entry.group.name or "main" for entry in planned))
+        label = f"group{'s' if len(names) > 1 else ''} {', '.join(names)}"
         for done, entry in enumerate(planned, start=1):
             tags = entry.tags or {"group": entry.group.name, "seed": entry.seed, "config_id": entry.config_id}
             self.study.enqueue_trial(entry.params, user_attrs=tags)
             if loud and (done % PLANNING_PROGRESS_EVERY == 0 or done == len(planned)):
-                print(f"[{self.config.name}] planning: {done}/{len(planned)} trials enqueued", file=self.out, flush=True)
+                print(f"[{self.config.name}] planning {label}: {done}/{len(planned)} trials enqueued", file=self.out, flush=True)
 
     def reconcile(self, group: Group) -> None:
         """Make the stored plan of this group whole (see the module docstring)."""
@@ -146,23 +148,33 @@ class GroupPlanning:
             self._enqueue(self._unplanned(group))
 
     def plan_ahead(self) -> None:
-        """Make whole, now, the plan of every grid group that takes no other group's winner,
-        costliest trials first (measured FLOPs). Workers take waiting trials of any group, so
-        one with nothing left of its group starts the next group's rather than waiting for the
-        last trials of this one; the longest first leaves short trials to fill the end (the
-        longest-processing-time rule). One worker runs the same trials, in this order."""
+        """Make whole, now, the plan of every grid group that takes no other group's winner.
+        Workers take waiting trials of any group, so one with nothing left of its group starts
+        the next group's trials instead of waiting for the last of this one. The order: groups
+        whose winner another group takes first, then the most FLOPs first. Long trials start
+        early and short ones fill the end (the longest-processing-time rule). One worker runs
+        the same trials in this order. Not with early stopping, whose rules compare a trial
+        with those that reached its epoch before it: there, groups run in turn."""
+        if self.config.early_stopping.type != "none":
+            return
+        independent = [g for g in self.config.groups if g.trials is None and not g.space.best_references]
+        with storage.planning_lock(self.storage, self.config.name):
+            planned = [entry for group in independent for entry in self._unplanned(group)]
+        # Counted outside the lock (a cold cache counts each configuration once, which other
+        # workers should not wait for); the plan is taken again under it.
+        flops = {entry.config_id: self._expected_flops(entry) for entry in planned if entry.values is not None}
+        gating = {source for group in self.config.groups for source in group.space.best_references.values()}
+
+        def order(entry: Planned) -> tuple[bool, float]:
+            return entry.group.name not in gating, -flops.get(entry.config_id, math.inf if entry.values is None else 0.0)
+
         with storage.planning_lock(self.storage, self.config.name):
             storage.fail_stale_trials(self.study, self.storage)
-            independent = [g for g in self.config.groups if g.trials is None and not g.space.best_references]
-            planned = [entry for group in independent for entry in self._unplanned(group)]
-            self._enqueue(sorted(planned, key=lambda entry: -self._expected_flops(entry)))
+            self._enqueue(sorted((entry for group in independent for entry in self._unplanned(group)), key=order))
 
     def _expected_flops(self, entry: Planned) -> float:
-        """A planned grid point's measured FLOPs (cached: its trial measures them too); infinite
-        for a trial that runs again (it goes first, as it would alone), 0 for a spec that cannot
-        be built or measured here (its trial says why)."""
-        if entry.values is None:
-            return math.inf
+        """A grid point's measured FLOPs (cached: its trial measures them too); 0 for a spec
+        that cannot be built or measured here (its trial says why)."""
         try:
             return float(cost_counts(self.space(entry.group).build_spec(self.config.base, entry.values), self.base_costs)["flops"])
         except Exception:  # noqa: BLE001 - the trial fails alone, with its reason

@@ -13,7 +13,8 @@ Train workers (``scaling_lab.train.distributed``); it reserves next to nothing i
 runs no more such trials at once than the cluster holds all the workers of (``concurrent_trials``).
 
 Trials that share a device do not time latency; when the study needs it, the driver times each
-finished candidate alone once the group's trials have stopped, then tells Optuna the outcome.
+finished candidate alone once the Tuner's trials have stopped (a group's Tuner also runs the
+trials planned ahead for later groups: ``plan_ahead``), then tells Optuna the outcome.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def _trainable(trial_config: dict[str, Any], runner: CandidateRunner) -> None:
 
 
 class StudySearcher(Searcher):
-    """Hands Ray the study's trials for one group and records what becomes of them."""
+    """Hands Ray the study's trials for one group (and any waiting trial of another group) and
+    records what becomes of them."""
 
     def __init__(self, session: StudySession, group: Group, heartbeat: Heartbeat):
         objective = session.config.objectives[0]
@@ -123,12 +125,12 @@ class StudySearcher(Searcher):
             record.update(state="pruned", error="stopped early by the scheduler")
         outcome = Outcome(record["state"], record)
         if outcome.state == "complete" and self.session.config.needs_latency:
-            self.awaiting_latency.append((trial, outcome))  # timed alone once the group's trials stop
+            self.awaiting_latency.append((trial, outcome))  # timed alone once this Tuner's trials stop
             if self.session.out is not None:
                 metrics = record.get("metrics") or {}
                 score = f" ({self.metric} {metrics[self.metric]:.4g})" if isinstance(metrics.get(self.metric), (int, float)) else ""
                 print(
-                    f"[{self.session.config.name}] trial {trial.number} trained{score}; recorded once the group's trials stop "
+                    f"[{self.session.config.name}] trial {trial.number} trained{score}; recorded once this Tuner's trials stop "
                     f"and its latency is timed alone ({len(self.awaiting_latency)} waiting, {len(self.trials)} training)",
                     file=self.session.out,
                     flush=True,

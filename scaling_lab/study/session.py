@@ -3,6 +3,8 @@
 Opening checks that the stored study has this file's definition (``fingerprint``). A group is
 then planned, run and finished:
 
+- ``plan_ahead`` (each round, without early stopping): ``reconcile`` for every grid group that
+  takes no other group's winner, in one batch ordered for idle workers (see its docstring);
 - ``reconcile``: under the study's planning lock, fail the trials of dead workers, enqueue
   interrupted trials again and the grid points and seeds not yet enqueued, so that every
   (configuration, seed) pair exists exactly once however many workers plan at the same moment;
