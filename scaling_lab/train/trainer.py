@@ -8,9 +8,10 @@ Determinism: python, numpy and torch are seeded from ``seed`` and the loaders dr
 and augmentation from (seed, epoch), so on the CPU a seed gives the same run for a given library
 version, interrupted and resumed or not (the checkpoint carries the RNG states), up to one
 measured limit: oneDNN's convolutions can round differently after other work in the same process
-(e.g. a latency timing that took another attempt), so a trial that must repeat to the bit trains
-in its own process (the ``ray`` backend's workers do). CUDA runs are seeded the same way but some
-CUDA kernels (scatter, atomics in backward) are not bit-exact.
+(e.g. a latency timing that took another attempt), so a trial that must repeat to the bit should
+train where no such work ran before it: the ``ray`` backend's workers come closest (README,
+reproducibility). CUDA runs are seeded the same way but some CUDA kernels (scatter, atomics in
+backward) are not bit-exact.
 
 With ``workers`` above one the trial is data-parallel (``scaling_lab.train.distributed``): every
 worker runs ``train`` on its share of each global batch, with batch norms and the loss's
